@@ -1,0 +1,14 @@
+"""Model loading: ``load_model(spec)`` returns a ``LoadedModel`` with named sites."""
+
+from workbench.models.loaded import FAMILIES, SITE_KINDS, LoadedModel, Site
+from workbench.models.loader import load_model, peek_family, resolve_spec
+
+__all__ = [
+    "FAMILIES",
+    "SITE_KINDS",
+    "LoadedModel",
+    "Site",
+    "load_model",
+    "peek_family",
+    "resolve_spec",
+]

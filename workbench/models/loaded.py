@@ -1,0 +1,214 @@
+"""The loaded model every probe receives: a module plus named sites, never raw module paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.errors import DataError, SiteError
+
+FAMILIES = ("vit", "causal-lm", "encoder")
+"""Families the loader knows; later probes add their own (``vim``, ``pmi``)."""
+
+SITE_KINDS = ("resid_pre", "resid_post", "attn.out", "attn.pattern", "mlp.in", "mlp.out")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hookable place in the model, named like TransformerLens hook points.
+
+    ``read`` says whether the value is the module's input or output; ``index`` picks an element
+    when that value is a tuple (attention modules return ``(output, weights)``).
+    """
+
+    name: str
+    module: str
+    read: Literal["input", "output"] = "output"
+    index: int | None = None
+    needs_eager_attention: bool = False
+
+    def extract(self, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
+        """The tensor this site denotes, given a forward hook's arguments."""
+        if self.read == "output":
+            value = output
+        else:
+            value = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(value, tuple | list):
+            value = value[self.index or 0]
+        if not isinstance(value, torch.Tensor):
+            raise SiteError(
+                f"site {self.name!r} produced {type(value).__name__}, not a tensor; for attention "
+                "patterns the model must run with eager attention"
+            )
+        return value
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model in eval mode with its family, pre-processor and named sites.
+
+    Printing it shows everything a probe relies on: family, sizes, and the site names.
+    """
+
+    spec: str
+    family: str
+    model: nn.Module
+    processor: Any
+    sites: dict[str, Site]
+    n_layers: int
+    d_model: int
+    model_type: str
+    source: Path | None = None
+    backend: str = "hf"
+    image_size: int | None = None
+    patch_size: int | None = None
+    n_prefix_tokens: int = 0
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    extra_forward_kwargs: dict[str, Any] = field(default_factory=dict)
+    _digest: str | None = field(default=None, repr=False)
+
+    # -- sites ---------------------------------------------------------------------------------
+    def site(self, name: str) -> Site:
+        try:
+            return self.sites[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.sites), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise SiteError(
+                f"{self.spec} has no site {name!r}.{hint} "
+                f"Sites look like blocks.0.resid_post; list them with model.site_names()."
+            ) from None
+
+    def site_names(self, pattern: str | None = None) -> list[str]:
+        """Site names, optionally filtered by a regular expression (``r"resid_post$"``)."""
+        names = list(self.sites)
+        if pattern is not None:
+            names = [n for n in names if re.search(pattern, n)]
+        return names
+
+    def layer_sites(self, kind: str = "resid_post") -> list[str]:
+        """One site per block, in depth order: ``blocks.{i}.{kind}``."""
+        if kind not in SITE_KINDS:
+            raise SiteError(f"unknown site kind {kind!r}; choose one of {', '.join(SITE_KINDS)}")
+        return [f"blocks.{i}.{kind}" for i in range(self.n_layers)]
+
+    # -- inputs --------------------------------------------------------------------------------
+    @property
+    def is_vision(self) -> bool:
+        return self.image_size is not None
+
+    @property
+    def n_patches(self) -> int:
+        if not self.is_vision or not self.patch_size:
+            raise DataError(f"{self.spec} is a {self.family} model and has no image patches")
+        return (self.image_size // self.patch_size) ** 2
+
+    def encode_images(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 images (N, H, W, 3) at the model's own size -> normalised ``pixel_values``.
+
+        No resizing happens here, so that per-pixel masks stay aligned with the patches: render or
+        resize images (and masks) to ``model.image_size`` first.
+        """
+        if not self.is_vision:
+            raise DataError(f"{self.spec} is a {self.family} model; it takes text, not images")
+        arr = torch.as_tensor(np.asarray(images))
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise DataError(f"images must have shape (N, H, W, 3); got {tuple(arr.shape)}")
+        if arr.shape[1] != self.image_size or arr.shape[2] != self.image_size:
+            raise DataError(
+                f"images are {arr.shape[1]}x{arr.shape[2]} but {self.spec} expects "
+                f"{self.image_size}x{self.image_size}; render or resize them (and their masks) "
+                f"to {self.image_size} px first"
+            )
+        x = arr.permute(0, 3, 1, 2).float()
+        if arr.dtype == torch.uint8:
+            x = x / 255.0
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return {"pixel_values": (x - mean) / std}
+
+    def encode_texts(
+        self, texts: list[str], *, max_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tokenise all texts together so every batch shares one padded length."""
+        if self.is_vision or self.processor is None:
+            raise DataError(f"{self.spec} is a {self.family} model; it takes images, not text")
+        if not texts:
+            raise DataError("no texts given")
+        enc = self.processor(
+            list(texts),
+            return_tensors="pt",
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward_kwargs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Keyword arguments for one forward pass, with family-specific extras."""
+        kwargs = dict(batch)
+        if "noise" in self.extra_forward_kwargs:
+            # ViTMAE: increasing noise keeps the patch order with masking off.
+            n = batch["pixel_values"].shape[0]
+            kwargs["noise"] = self.extra_forward_kwargs["noise"].expand(n, -1)
+        return kwargs
+
+    def __call__(self, **batch: torch.Tensor) -> Any:
+        """One forward pass without gradients, called the way this backend expects."""
+        with torch.no_grad():
+            if self.backend == "transformer-lens":
+                return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+            return self.model(**self.forward_kwargs(batch))
+
+    def random_init_copy(self, seed: int = 0) -> LoadedModel:
+        """The same architecture with fresh random weights: the floor for "is this learned?"."""
+        if self.backend != "hf":
+            raise SiteError("random_init_copy needs the Hugging Face backend")
+        torch.manual_seed(seed)
+        fresh = type(self.model)(self.model.config).eval()
+        return dataclasses.replace(
+            self, spec=f"{self.spec} (random init, seed {seed})", model=fresh, _digest=None
+        )
+
+    # -- provenance ----------------------------------------------------------------------------
+    def digest(self) -> str:
+        """sha256 over parameter and buffer names, dtypes, shapes and bytes (cached)."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._digest = "sha256:" + h.hexdigest()
+        return self._digest
+
+    def __repr__(self) -> str:
+        kinds = sorted({n.split(".", 2)[2] for n in self.sites if n.startswith("blocks.")})
+        lines = [
+            f"LoadedModel({self.spec!r})",
+            f"  family      {self.family} ({self.model_type}, backend {self.backend})",
+            f"  size        {self.n_layers} blocks x d={self.d_model}, "
+            f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters",
+        ]
+        if self.is_vision:
+            lines.append(
+                f"  input       {self.image_size}px images, {self.patch_size}px patches, "
+                f"{self.n_prefix_tokens} prefix token(s)"
+            )
+        lines.append(f"  sites       blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(kinds)}}}")
+        others = [n for n in self.sites if not n.startswith("blocks.")]
+        if others:
+            lines.append(f"              {', '.join(others)}")
+        if self.source is not None:
+            lines.append(f"  source      {self.source}")
+        return "\n".join(lines)

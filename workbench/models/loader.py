@@ -1,0 +1,309 @@
+"""``load_model``: one loader for hub ids, local folders and embedded ``zoo:`` models."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.errors import FamilyError, ModelNotFoundError
+from workbench.models.loaded import LoadedModel, Site
+
+VISION_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae"}
+CAUSAL_TYPES = {"gpt2", "gpt_neox", "llama", "olmo", "olmo2", "mistral", "qwen2", "qwen3"}
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra"}
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def family_of(model_type: str) -> str:
+    if model_type in VISION_TYPES:
+        return "vit"
+    if model_type in CAUSAL_TYPES:
+        return "causal-lm"
+    if model_type in ENCODER_TYPES:
+        return "encoder"
+    known = sorted(VISION_TYPES | CAUSAL_TYPES | ENCODER_TYPES)
+    raise FamilyError(
+        f"model type {model_type!r} is not supported yet; supported types: {', '.join(known)}"
+    )
+
+
+def load_model(
+    spec: str | Path,
+    *,
+    backend: str = "hf",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load ``spec`` (hub id, local folder, or ``zoo:NAME``) in eval mode with named sites.
+
+    ``backend="transformer-lens"`` wraps a causal LM in TransformerLens's ``TransformerBridge``
+    and maps the same site names onto its hook points.
+    """
+    spec = str(spec)
+    if backend not in ("hf", "transformer-lens"):
+        raise ValueError(f"backend must be 'hf' or 'transformer-lens', not {backend!r}")
+    folder = resolve_spec(spec)
+    config = _read_config(folder)
+    model_type = config.get("model_type", "")
+    family = family_of(model_type)
+    _check_files(folder, family)
+    if backend == "transformer-lens":
+        if family != "causal-lm":
+            raise FamilyError(
+                f"the TransformerLens backend wraps causal LMs; {spec} is a {family} model"
+            )
+        return _load_bridge(spec, folder, dtype)
+    return _load_hf(spec, folder, config, family, dtype, attn_implementation)
+
+
+# -- spec resolution ---------------------------------------------------------------------------
+def resolve_spec(spec: str) -> Path:
+    """The local folder that holds ``spec``'s files, downloading from the hub only if allowed."""
+    if spec.startswith("zoo:"):
+        from workbench.zoo import zoo_path
+
+        return zoo_path(spec.removeprefix("zoo:"))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{spec} is a file; point load_model at the model's folder")
+        return path
+    if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+        raise ModelNotFoundError(
+            f"{spec!r} names no known model: it is not a folder, not a hub id (owner/name), and "
+            "not an embedded model (zoo:NAME; `workbench zoo list` shows them)"
+        )
+    return _from_hub(spec)
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+    except Exception:  # every hub failure gets the same advice
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise ModelNotFoundError(
+            f"{repo_id!r} is not in the local Hugging Face cache and {why}.\n"
+            f"Load it from a local folder instead: on a machine with network access run\n"
+            f"    hf download {repo_id} --local-dir ./models/{repo_id.split('/')[-1]}\n"
+            f"copy that folder here and call load_model('./models/{repo_id.split('/')[-1]}') "
+            f"(or `--model ./models/...`). Embedded models need no network: `workbench zoo list`."
+        ) from None
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{folder} has no config.json; a model folder needs config.json plus weights "
+            f"({' or '.join(WEIGHT_FILES[::2])})"
+        )
+    return json.loads(path.read_text())
+
+
+def _check_files(folder: Path, family: str) -> None:
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise ModelNotFoundError(
+            f"{folder} is missing its weights: expected model.safetensors (or one of "
+            f"{', '.join(WEIGHT_FILES[1:])})"
+        )
+    if family in ("causal-lm", "encoder") and not any(
+        (folder / f).is_file() for f in TOKENIZER_FILES
+    ):
+        raise ModelNotFoundError(
+            f"{folder} is missing its tokenizer: expected tokenizer.json (or vocab.txt, "
+            "vocab.json + merges.txt, tokenizer.model)"
+        )
+
+
+# -- Hugging Face models -----------------------------------------------------------------------
+def _load_hf(
+    spec: str,
+    folder: Path,
+    config: dict[str, Any],
+    family: str,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+) -> LoadedModel:
+    import transformers as tf
+
+    model_type = config["model_type"]
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    archs = config.get("architectures") or []
+    if family == "causal-lm":
+        cls = tf.AutoModelForCausalLM
+    elif model_type in ("clip", "clip_vision_model"):
+        cls = tf.CLIPVisionModel
+    elif model_type == "vit_mae":
+        cls = tf.ViTMAEModel
+        kwargs["mask_ratio"] = 0.0
+    elif any(a.endswith("ForImageClassification") for a in archs):
+        cls = tf.AutoModelForImageClassification
+    else:
+        cls = tf.AutoModel
+    model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    model.eval()
+
+    blocks_path, blocks = _find_blocks(model)
+    sites = _block_sites(blocks_path, blocks)
+    cfg = model.config
+    loaded = LoadedModel(
+        spec=spec,
+        family=family,
+        model=model,
+        processor=None,
+        sites=sites,
+        n_layers=len(blocks),
+        d_model=int(getattr(cfg, "hidden_size", None) or cfg.n_embd),
+        model_type=model_type,
+        source=folder,
+    )
+    if family == "vit":
+        _add_vision_info(loaded, folder, cfg)
+    else:
+        loaded.processor = _load_tokenizer(folder)
+    return loaded
+
+
+def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of transformer blocks: the one whose length is the number of layers."""
+    cfg = model.config
+    n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers and n_layers:
+            return name, module
+    raise FamilyError(f"could not find the {n_layers} transformer blocks of {type(model).__name__}")
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _block_sites(blocks_path: str, blocks: nn.ModuleList) -> dict[str, Site]:
+    """Map the standard site names onto one family's module layout."""
+    block = blocks[0]
+    attn = next(p for p in ("attention.self", "self_attn", "attention", "attn") if _has(block, p))
+    bert_style = attn == "attention.self"
+    sites: dict[str, Site] = {}
+    for i in range(len(blocks)):
+        b = f"{blocks_path}.{i}"
+        entries = [
+            Site(f"blocks.{i}.resid_pre", b, "input"),
+            Site(f"blocks.{i}.resid_post", b, "output", 0),
+            Site(f"blocks.{i}.attn.pattern", f"{b}.{attn}", "output", 1, True),
+        ]
+        if bert_style:
+            entries += [
+                Site(f"blocks.{i}.attn.out", f"{b}.attention.output.dense", "output"),
+                Site(f"blocks.{i}.mlp.in", f"{b}.intermediate", "input"),
+                Site(f"blocks.{i}.mlp.out", f"{b}.output.dense", "output"),
+            ]
+        else:
+            entries += [
+                Site(f"blocks.{i}.attn.out", f"{b}.{attn}", "output", 0),
+                Site(f"blocks.{i}.mlp.in", f"{b}.mlp", "input"),
+                Site(f"blocks.{i}.mlp.out", f"{b}.mlp", "output"),
+            ]
+        sites.update({s.name: s for s in entries})
+    return sites
+
+
+def _add_vision_info(loaded: LoadedModel, folder: Path, cfg: Any) -> None:
+    vcfg = getattr(cfg, "vision_config", cfg)
+    image_size = vcfg.image_size
+    proc_path = folder / "preprocessor_config.json"
+    if proc_path.is_file():
+        proc = json.loads(proc_path.read_text())
+        loaded.image_mean = tuple(proc.get("image_mean", loaded.image_mean))
+        loaded.image_std = tuple(proc.get("image_std", loaded.image_std))
+        crop = proc.get("crop_size") if proc.get("do_center_crop") else None
+        size = crop or proc.get("size")
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge")
+        if isinstance(size, int):
+            image_size = size
+    loaded.image_size = int(image_size if isinstance(image_size, int) else image_size[0])
+    loaded.patch_size = int(vcfg.patch_size)
+    loaded.n_prefix_tokens = 1 + int(getattr(vcfg, "num_register_tokens", 0) or 0)
+    if loaded.model_type == "vit_mae":
+        loaded.extra_forward_kwargs["noise"] = torch.arange(loaded.n_patches, dtype=torch.float)[
+            None
+        ]
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+# -- TransformerLens bridge --------------------------------------------------------------------
+BRIDGE_HOOKS = {
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "attn.out": "attn.hook_out",
+    "attn.pattern": "attn.hook_pattern",
+    "mlp.in": "mlp.hook_in",
+    "mlp.out": "mlp.hook_out",
+}
+
+
+def _load_bridge(spec: str, folder: Path, dtype: torch.dtype) -> LoadedModel:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(folder), dtype=dtype, device="cpu")
+    bridge.eval()
+    hook_names = set(bridge.hook_dict)
+    n_layers = int(bridge.cfg.n_layers)
+    sites: dict[str, Site] = {}
+    for i in range(n_layers):
+        for kind, hook in BRIDGE_HOOKS.items():
+            name = f"blocks.{i}.{hook}"
+            if name in hook_names:
+                sites[f"blocks.{i}.{kind}"] = Site(f"blocks.{i}.{kind}", name, "output")
+    return LoadedModel(
+        spec=spec,
+        family="causal-lm",
+        model=bridge,
+        processor=bridge.tokenizer,
+        sites=sites,
+        n_layers=n_layers,
+        d_model=int(bridge.cfg.d_model),
+        model_type=_read_config(folder)["model_type"],
+        source=folder,
+        backend="transformer-lens",
+    )
+
+
+def peek_family(spec: str | Path) -> str:
+    """The family ``spec`` would load as, from its config alone (cheap: no weights read)."""
+    folder = resolve_spec(str(spec))
+    family = family_of(_read_config(folder).get("model_type", ""))
+    _check_files(folder, family)
+    return family
