@@ -1,0 +1,149 @@
+"""The workbench plotly look and the export path (HTML offline, JSON, PNG/SVG via kaleido)."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+
+from workbench import figures
+from workbench.errors import DataError, WorkbenchError
+from workbench.figures import COLORWAY, PNG_SCALE, TEMPLATE, export_figures, new_figure
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REMOTE_SRC = re.compile(r"""src\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
+
+
+def _figures() -> dict[str, go.Figure]:
+    rng = np.random.default_rng(0)
+    scatter = new_figure(title="Scatter", xaxis_title="x", yaxis_title="y")
+    for label in range(3):
+        scatter.add_trace(
+            go.Scatter(
+                x=rng.normal(size=50), y=rng.normal(size=50), mode="markers", name=f"c{label}"
+            )
+        )
+    heat = new_figure(title="Heatmap", width=400, height=300)
+    heat.add_trace(go.Heatmap(z=rng.normal(size=(8, 8))))
+    bars = new_figure(title="Bars")
+    bars.add_trace(go.Bar(x=["a", "b", "c"], y=[1, 3, 2]))
+    return {"scatter": scatter, "heat": heat, "bars": bars}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
+    """One shared export (one Chrome start) for every test that needs real images.
+
+    Not skipped without a browser: the project needs one, and the error says how to install it.
+    """
+    folder = tmp_path_factory.mktemp("figs")
+    figs = _figures()
+    started = time.perf_counter()
+    paths = export_figures(figs, folder, formats=("html", "png", "svg"))
+    print(f"export of {len(figs)} figures as html+png+svg: {time.perf_counter() - started:.2f}s")
+    return figs, paths, folder
+
+
+def test_template_is_registered_and_used() -> None:
+    assert TEMPLATE in pio.templates
+    fig = new_figure(title="hello", xaxis_title="layer")
+    assert fig.layout.title.text == "hello"
+    assert fig.layout.xaxis.title.text == "layer"
+    assert tuple(fig.layout.template.layout.colorway) == COLORWAY
+    assert fig.layout.template.layout.paper_bgcolor == "white"
+
+
+def test_every_figure_gets_every_format(exported: tuple[dict, dict, Path]) -> None:
+    figs, paths, folder = exported
+    assert set(paths) == set(figs)
+    for name, files in paths.items():
+        assert sorted(p.name for p in files) == sorted(
+            f"{name}.{ext}" for ext in ("json", "html", "png", "svg")
+        )
+        for path in files:
+            assert path.parent == folder
+            assert path.stat().st_size > 0
+
+
+def test_png_files_are_png_at_the_export_scale(exported: tuple[dict, dict, Path]) -> None:
+    _, _, folder = exported
+    data = (folder / "heat.png").read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    width, height = struct.unpack(">II", data[16:24])  # IHDR follows the magic and chunk header
+    assert (width, height) == (400 * PNG_SCALE, 300 * PNG_SCALE)
+    for name in ("scatter", "bars"):
+        assert (folder / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_svg_files_parse_as_svg(exported: tuple[dict, dict, Path]) -> None:
+    _, _, folder = exported
+    for name in ("scatter", "heat", "bars"):
+        root = ET.parse(folder / f"{name}.svg").getroot()
+        assert root.tag.rsplit("}", 1)[-1] == "svg"
+
+
+def test_html_is_offline_and_shares_one_plotlyjs(exported: tuple[dict, dict, Path]) -> None:
+    _, _, folder = exported
+    bundle = folder / "plotly.min.js"
+    assert bundle.stat().st_size > 1_000_000
+    for name in ("scatter", "heat", "bars"):
+        text = (folder / f"{name}.html").read_text(encoding="utf-8")
+        assert not REMOTE_SRC.search(text)
+        assert 'src="plotly.min.js"' in text
+        assert len(text) < 200_000  # plotly.js is referenced, not inlined
+
+
+def test_json_round_trips(exported: tuple[dict, dict, Path]) -> None:
+    figs, _, folder = exported
+    for name, fig in figs.items():
+        loaded = pio.from_json((folder / f"{name}.json").read_text(encoding="utf-8"))
+        assert json.loads(loaded.to_json()) == json.loads(fig.to_json())
+
+
+def test_html_only_needs_no_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(figures, "find_browser", lambda: None)
+    paths = export_figures({"bars": _figures()["bars"]}, tmp_path, formats=("html",))
+    assert [p.name for p in paths["bars"]] == ["bars.json", "bars.html"]
+    assert (tmp_path / "plotly.min.js").is_file()
+
+
+def test_missing_browser_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(figures, "find_browser", lambda: None)
+    with pytest.raises(WorkbenchError) as info:
+        export_figures({"bars": _figures()["bars"]}, tmp_path / "out", formats=("png",))
+    message = str(info.value)
+    assert "apt-get install chromium" in message
+    assert "formats=('html',)" in message
+    assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_browser_path_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "my-chrome"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("BROWSER_PATH", str(fake))
+    assert figures.find_browser() == str(fake)
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "missing"))
+    with pytest.raises(WorkbenchError, match="BROWSER_PATH"):
+        figures.find_browser()
+
+
+def test_bad_names_and_formats_are_refused(tmp_path: Path) -> None:
+    fig = _figures()["bars"]
+    with pytest.raises(DataError, match="file name"):
+        export_figures({"../evil": fig}, tmp_path, formats=("html",))
+    with pytest.raises(WorkbenchError, match="Unknown figure format"):
+        export_figures({"ok": fig}, tmp_path, formats=("gif",))
+    with pytest.raises(DataError, match=r"go\.Figure"):
+        export_figures({"ok": fig.to_dict()}, tmp_path, formats=("html",))  # type: ignore[dict-item]
+    assert list(tmp_path.iterdir()) == []

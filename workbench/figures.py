@@ -1,0 +1,288 @@
+"""One plotly look and one export path for every figure the workbench makes.
+
+``new_figure`` starts a figure in the registered ``"workbench"`` template, so probes and
+notebooks look alike without repeating layout code. ``export_figures`` writes each figure as
+offline HTML (sharing one local ``plotly.min.js``, never a CDN), as plotly JSON (for an exact
+round trip) and as PNG/SVG through kaleido, which drives a headless Chrome/Chromium. All static
+images of one call are rendered in one browser session, because starting Chrome is the slow
+part (about a second) and rendering an image takes a fraction of that.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import kaleido
+import plotly.graph_objects as go
+import plotly.io as pio
+from choreographer.errors import BrowserFailedError, ChromeNotFoundError
+
+from workbench.errors import DataError, WorkbenchError
+
+TEMPLATE = "workbench"
+"""Name of the registered template; pass ``template=TEMPLATE`` to plotly express calls."""
+
+HTML_FORMAT = "html"
+STATIC_FORMATS = ("png", "svg", "pdf")
+FORMATS = (HTML_FORMAT, *STATIC_FORMATS)
+DEFAULT_FORMATS = ("html", "png", "svg")
+
+PNG_SCALE = 2
+"""PNG pixels per layout pixel: sharp on high-density screens and in printed reports."""
+
+# Okabe-Ito (colour-blind safe) first, then four distinct extras for up to ten classes.
+COLORWAY = (
+    "#0072B2",  # blue
+    "#E69F00",  # orange
+    "#009E73",  # bluish green
+    "#D55E00",  # vermillion
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#332288",  # indigo
+    "#999933",  # olive
+    "#8C564B",  # brown
+    "#7F7F7F",  # grey
+)
+
+FONT_FAMILY = (
+    "Inter, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', 'Liberation Sans', "
+    "'DejaVu Sans', Arial, sans-serif"
+)
+
+_INK = "#1F2933"
+_GRID = "#E5E7EB"
+_AXIS = "#9CA3AF"
+
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+BROWSER_PATHS = (
+    "/usr/bin/chromium",
+    "/usr/lib/chromium/chromium",
+    "/usr/bin/chromium-browser",
+    "/usr/bin/google-chrome",
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+    "/Applications/Chromium.app/Contents/MacOS/Chromium",
+)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+# -- the look ----------------------------------------------------------------------------------
+def _make_template() -> go.layout.Template:
+    """Start from plotly_white (trace defaults for every type) and set our own layout on top."""
+    template = go.layout.Template(pio.templates["plotly_white"])
+    axis = {
+        "showgrid": True,
+        "gridcolor": _GRID,
+        "gridwidth": 1,
+        "zeroline": True,
+        "zerolinecolor": _AXIS,
+        "zerolinewidth": 1,
+        "showline": True,
+        "linecolor": _AXIS,
+        "linewidth": 1,
+        "ticks": "outside",
+        "tickcolor": _AXIS,
+        "ticklen": 4,
+        "automargin": True,
+        "title": {"standoff": 10, "font": {"size": 13}},
+    }
+    template.layout.update(
+        font={"family": FONT_FAMILY, "size": 13, "color": _INK},
+        title={"x": 0.0, "xanchor": "left", "xref": "paper", "font": {"size": 16}},
+        colorway=list(COLORWAY),
+        colorscale={"sequential": "Viridis", "diverging": "RdBu_r"},
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        margin={"l": 64, "r": 24, "t": 64, "b": 56, "pad": 0},
+        xaxis=axis,
+        yaxis=axis,
+        legend={"bgcolor": "rgba(255,255,255,0.85)", "borderwidth": 0, "itemsizing": "constant"},
+        hovermode="closest",
+        hoverlabel={"font": {"family": FONT_FAMILY, "size": 12}, "bgcolor": "white"},
+        coloraxis={"colorbar": {"outlinewidth": 0, "thickness": 14, "ticks": "outside"}},
+    )
+    return template
+
+
+pio.templates[TEMPLATE] = _make_template()
+
+
+def new_figure(**layout: Any) -> go.Figure:
+    """An empty figure in the workbench look; ``layout`` keywords go to ``update_layout``."""
+    fig = go.Figure(layout={"template": TEMPLATE})
+    if layout:
+        fig.update_layout(**layout)
+    return fig
+
+
+# -- finding a browser -------------------------------------------------------------------------
+def _is_executable(path: str | Path) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_browser() -> str | None:
+    """Path of a Chrome/Chromium for kaleido, or None.
+
+    Order: ``BROWSER_PATH`` (an explicit choice, so a wrong value is an error), the usual names
+    on ``PATH``, the usual install locations, and finally choreographer's own search, which
+    also finds a Chrome downloaded with ``kaleido_get_chrome``.
+    """
+    explicit = os.environ.get("BROWSER_PATH")
+    if explicit:
+        if _is_executable(explicit):
+            return explicit
+        raise WorkbenchError(
+            f"BROWSER_PATH={explicit!r} is not an executable file. Point it at Chrome or "
+            "Chromium (e.g. /usr/bin/chromium), or unset it to search the usual places."
+        )
+    for name in BROWSER_NAMES:
+        found = shutil.which(name)
+        if found and _is_executable(found):
+            return found
+    for candidate in BROWSER_PATHS:
+        if _is_executable(candidate):
+            return candidate
+    try:
+        from choreographer.browsers.chromium import Chromium
+
+        return Chromium.find_browser(skip_local=False)
+    except Exception:  # best effort: an internal API of choreographer that may change
+        return None
+
+
+def _no_browser_error() -> WorkbenchError:
+    return WorkbenchError(
+        "PNG/SVG export needs Chrome or Chromium, and none was found (looked at BROWSER_PATH, "
+        f"{', '.join(BROWSER_NAMES)} on PATH, and {BROWSER_PATHS[0]}). Install one with "
+        "`apt-get install chromium` (or `make setup`), or set BROWSER_PATH to its executable. "
+        "To skip static images, pass formats=('html',)."
+    )
+
+
+# -- export ------------------------------------------------------------------------------------
+def check_figure_name(name: str) -> None:
+    """Figure names become file names, so keep them to letters, digits, ``_``, ``.``, ``-``."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise DataError(
+            f"Figure name {name!r} cannot be a file name. Use letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (e.g. 'accuracy_by_layer')."
+        )
+
+
+def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = (formats,)
+    wanted = tuple(dict.fromkeys(f.lower() for f in formats))
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown:
+        raise WorkbenchError(
+            f"Unknown figure format(s) {unknown}. Choose from {FORMATS} "
+            "(plotly JSON is always written)."
+        )
+    return wanted
+
+
+def write_plotlyjs(folder: str | Path) -> Path:
+    """Write the installed plotly.js as ``folder/plotly.min.js`` (atomically), for offline HTML."""
+    folder = Path(folder)
+    source = Path(pio.__file__).parent.parent / "package_data" / "plotly.min.js"
+    target = folder / "plotly.min.js"
+    tmp = folder / f".plotly.min.js.tmp-{os.getpid()}"
+    try:
+        if source.is_file():
+            shutil.copyfile(source, tmp)
+        else:  # unusual installs: ask plotly for the text instead of guessing its layout
+            from plotly.offline import get_plotlyjs
+
+            tmp.write_text(get_plotlyjs(), encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def export_figures(
+    figures: Mapping[str, go.Figure],
+    folder: str | Path,
+    formats: Iterable[str] = DEFAULT_FORMATS,
+) -> dict[str, list[Path]]:
+    """Write every figure as NAME.json plus NAME.<format> for each format; return the paths.
+
+    HTML files load ``plotly.min.js`` from the same folder, so the folder opens offline and the
+    4.8 MB library is stored once rather than once per figure. PNG/SVG/PDF need Chrome or
+    Chromium (see ``find_browser``); all of them are rendered in one browser session.
+    """
+    folder = Path(folder)
+    formats = _check_formats(formats)
+    for name, fig in figures.items():
+        check_figure_name(name)
+        if not isinstance(fig, go.Figure):
+            raise DataError(
+                f"Figure {name!r} is a {type(fig).__name__}, not a plotly go.Figure. "
+                "Wrap dicts with go.Figure(...) first."
+            )
+    if not figures:
+        return {}
+    static = [f for f in formats if f in STATIC_FORMATS]
+    browser = find_browser() if static else None
+    if static and browser is None:
+        raise _no_browser_error()
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {name: [] for name in figures}
+    for name, fig in figures.items():
+        path = folder / f"{name}.json"
+        fig.write_json(path)
+        written[name].append(path)
+
+    if HTML_FORMAT in formats:
+        write_plotlyjs(folder)
+        for name, fig in figures.items():
+            path = folder / f"{name}.html"
+            fig.write_html(
+                path,
+                include_plotlyjs="directory",
+                include_mathjax=False,
+                full_html=True,
+                config={"displaylogo": False, "responsive": True},
+            )
+            written[name].append(path)
+
+    if static:
+        jobs = []
+        for name, fig in figures.items():
+            for fmt in static:
+                path = folder / f"{name}.{fmt}"
+                opts = {"format": fmt, "scale": PNG_SCALE if fmt == "png" else 1}
+                jobs.append({"fig": fig, "path": path, "opts": opts})
+                written[name].append(path)
+        _render_static(jobs, browser)
+    return written
+
+
+def _render_static(jobs: list[dict[str, Any]], browser: str) -> None:
+    """Render all jobs in one kaleido session on ``browser``.
+
+    ``enable_sandbox=False`` (kaleido's default, stated here on purpose) passes ``--no-sandbox``,
+    without which Chrome refuses to start as root, as in containers and CI. MathJax is off: its
+    only source would be a CDN.
+    """
+    kopts = {"path": browser, "n": 1, "mathjax": False, "enable_sandbox": False}
+    try:
+        kaleido.write_fig_from_object_sync(jobs, kopts=kopts, cancel_on_error=True)
+    except (ChromeNotFoundError, BrowserFailedError) as exc:
+        raise WorkbenchError(
+            f"Chrome at {browser} could not start for PNG/SVG export ({exc}). Reinstall it "
+            "(`apt-get install chromium` or `make setup`), set BROWSER_PATH to a working "
+            "Chrome, or pass formats=('html',) to skip static images."
+        ) from exc
+
+
+def setup_notebook() -> None:
+    """Show figures in notebooks without a CDN: JupyterLab's renderer plus an inlined copy."""
+    pio.renderers.default = "plotly_mimetype+notebook"

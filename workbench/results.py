@@ -1,0 +1,482 @@
+"""``ProbeResult``: the one result type every probe returns, and its folder on disk.
+
+A result folder is what a reader, the report and a later notebook all share::
+
+    result.json      probe, summary, metrics, provenance, the list of arrays and figures
+    arrays.npz       every array, exactly (numpy format, no pickle)
+    figures/         NAME.json (plotly, for a round trip), NAME.html/.png/.svg, plotly.min.js
+
+``save`` owns the whole folder: it builds the new folder next to the target and swaps it in
+only when complete, so a crash never leaves a half-written run, and an old run is never mixed
+with a new one. Files a runner wants in the same folder (an executed notebook) are passed as
+``extra_files`` and copied inside that same atomic step.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from workbench.errors import DataError, OutputExistsError, WorkbenchError
+from workbench.figures import DEFAULT_FORMATS, check_figure_name, export_figures
+
+FORMAT_VERSION = 1
+RESULT_FILE = "result.json"
+ARRAYS_FILE = "arrays.npz"
+FIGURES_DIR = "figures"
+HEADLINE_KEY = "headline"
+HEADLINE_COUNT = 4
+
+_RESERVED = (RESULT_FILE, ARRAYS_FILE, FIGURES_DIR)
+_ARRAY_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# np.savez takes these as its own keyword arguments, so arrays cannot use them as names.
+_SAVEZ_RESERVED = ("file", "allow_pickle")
+_VERSION_PACKAGES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+    "plotly": "plotly",
+    "kaleido": "kaleido",
+    "workbench": "workbench",
+}
+
+
+# -- JSON --------------------------------------------------------------------------------------
+def to_jsonable(value: Any, where: str = "value", *, strict: bool = True) -> Any:
+    """Plain-Python copy of ``value`` for strict JSON: numpy → Python, NaN/inf → None.
+
+    Dict keys become strings (JSON has no other kind); tuples become lists. Anything else that
+    JSON cannot hold raises DataError naming where it was found, or, with ``strict=False``
+    (provenance, where a record beats a crash), is stored as its ``repr``.
+    """
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
+        value = value.item()
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, f"{where}[{k!r}]", strict=strict) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype.hasobject and strict:
+        raise DataError(f"{where} is an object array; JSON needs numbers or strings.")
+    if not isinstance(value, list | tuple) and callable(getattr(value, "tolist", None)):
+        value = value.tolist()  # numpy arrays, torch tensors; a 0-d one gives a scalar
+        return to_jsonable(value, where, strict=strict)
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v, f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
+    if not strict:
+        return repr(value)
+    raise DataError(
+        f"{where} is a {type(value).__name__}, which JSON cannot hold. Store numbers, strings, "
+        "lists or small dicts in metrics/provenance, and large data in `arrays`."
+    )
+
+
+def _dumps(obj: Any) -> str:
+    """Strict JSON (no NaN), so any parser can read result.json."""
+    return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False)
+
+
+# -- headline ----------------------------------------------------------------------------------
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str | np.generic)
+
+
+def headline_metrics(metrics: Mapping[str, Any], count: int = HEADLINE_COUNT) -> dict[str, Any]:
+    """The few metrics a reader sees first.
+
+    A probe names them with ``metrics["headline"] = [key, ...]``; otherwise the first ``count``
+    scalar metrics are used.
+    """
+    named = metrics.get(HEADLINE_KEY)
+    if named is not None:
+        if isinstance(named, str) or not isinstance(named, list | tuple):
+            raise DataError(
+                f"metrics[{HEADLINE_KEY!r}] must be a list of metric keys, got {named!r}."
+            )
+        missing = [k for k in named if k not in metrics]
+        if missing:
+            raise DataError(
+                f"metrics[{HEADLINE_KEY!r}] names {missing}, which are not metrics. "
+                f"Known keys: {sorted(k for k in metrics if k != HEADLINE_KEY)}."
+            )
+        return {k: metrics[k] for k in named}
+    scalars = [(k, v) for k, v in metrics.items() if k != HEADLINE_KEY and _is_scalar(v)]
+    return dict(scalars[:count])
+
+
+# -- provenance --------------------------------------------------------------------------------
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(args: list[str]) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=3,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the workbench checkout and whether tracked files differ from it (or None)."""
+    commit = _git(["rev-parse", "HEAD"])
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = _git(["status", "--porcelain", "--untracked-files=no"])
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def make_provenance(
+    *,
+    probe: str,
+    model_spec: str | None,
+    model_digest: str | None,
+    family: str | None,
+    config: dict,
+    seed: int | None,
+    started: float,
+    device: str = "cpu",
+) -> dict:
+    """Everything needed to tell what produced a result and to run it again.
+
+    ``started`` is ``time.time()`` at the start of the run; the wall time is measured from it.
+    """
+    git = git_state()
+    return {
+        "probe": probe,
+        "model_spec": model_spec,
+        "model_digest": model_digest,
+        "family": family,
+        "config": to_jsonable(config, "config", strict=False),
+        "seed": seed,
+        "device": device,
+        "versions": {
+            "python": platform.python_version(),
+            **{key: _version(dist) for key, dist in _VERSION_PACKAGES.items()},
+        },
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+        },
+        "wall_time_s": round(time.time() - started, 3),
+        "timestamp_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+    }
+
+
+# -- the result --------------------------------------------------------------------------------
+@dataclass
+class ProbeResult:
+    """What a probe found: metrics, arrays, figures, and how it was made."""
+
+    probe: str
+    metrics: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    figures: dict[str, go.Figure]
+    provenance: dict[str, Any]
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DataError for anything that could not be saved, before any work is done."""
+        if not isinstance(self.probe, str) or not self.probe:
+            raise DataError(f"ProbeResult.probe must be a non-empty string, got {self.probe!r}.")
+        for field_name in ("metrics", "arrays", "figures", "provenance"):
+            if not isinstance(getattr(self, field_name), dict):
+                raise DataError(
+                    f"ProbeResult.{field_name} must be a dict, "
+                    f"got {type(getattr(self, field_name)).__name__}."
+                )
+        if not isinstance(self.summary, str):
+            raise DataError("ProbeResult.summary must be a string (a few sentences).")
+        for name, array in self.arrays.items():
+            if (
+                not isinstance(name, str)
+                or not _ARRAY_NAME_RE.fullmatch(name)
+                or name in _SAVEZ_RESERVED
+            ):
+                raise DataError(
+                    f"Array name {name!r} is not allowed. Use letters, digits, '_', '.' or '-' "
+                    f"(and not {list(_SAVEZ_RESERVED)})."
+                )
+            if not isinstance(array, np.ndarray):
+                raise DataError(
+                    f"arrays[{name!r}] is a {type(array).__name__}, not a numpy array. "
+                    "Convert it, e.g. tensor.detach().cpu().numpy()."
+                )
+            if array.dtype.hasobject:
+                raise DataError(
+                    f"arrays[{name!r}] has dtype object, which cannot be saved without pickle. "
+                    "Use a numeric or fixed-width string dtype (np.array(..., dtype=str))."
+                )
+        for name, fig in self.figures.items():
+            check_figure_name(name)
+            if not isinstance(fig, go.Figure):
+                raise DataError(f"figures[{name!r}] is a {type(fig).__name__}, not a go.Figure.")
+        headline_metrics(self.metrics)
+        to_jsonable(self.metrics, "metrics")
+
+    def headline(self) -> dict[str, Any]:
+        """The few key metrics (named by ``metrics["headline"]``, else the first scalars)."""
+        return headline_metrics(self.metrics)
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(
+        self,
+        folder: str | Path,
+        *,
+        overwrite: bool = False,
+        formats: Iterable[str] = DEFAULT_FORMATS,
+        extra_files: Mapping[str, str | Path] | None = None,
+    ) -> Path:
+        """Write the result folder atomically and return its path.
+
+        The folder is built as a hidden sibling and renamed into place at the end; on any error
+        the sibling is removed and the target is left as it was. An existing non-empty target is
+        refused unless ``overwrite=True``, and is then replaced as a whole (save owns the
+        folder). ``extra_files`` maps names inside the folder to files to copy in the same step.
+        """
+        self.validate()
+        target = Path(folder).absolute()
+        extras = _check_extra_files(extra_files)
+        _check_target(target, overwrite)
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            self._write(tmp, formats)
+            for name, source in extras.items():
+                destination = tmp / name
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination)
+            _swap_into_place(tmp, target, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _write(self, folder: Path, formats: Iterable[str]) -> None:
+        figure_files = export_figures(self.figures, folder / FIGURES_DIR, formats)
+        np.savez(folder / ARRAYS_FILE, allow_pickle=False, **self.arrays)
+        record = {
+            "format_version": FORMAT_VERSION,
+            "probe": self.probe,
+            "summary": self.summary,
+            "metrics": to_jsonable(self.metrics, "metrics"),
+            "provenance": to_jsonable(self.provenance, "provenance", strict=False),
+            "arrays_file": ARRAYS_FILE,
+            "arrays": {
+                name: {"shape": list(a.shape), "dtype": a.dtype.str}
+                for name, a in self.arrays.items()
+            },
+            "figures": {
+                name: [p.relative_to(folder).as_posix() for p in paths]
+                for name, paths in figure_files.items()
+            },
+        }
+        (folder / RESULT_FILE).write_text(_dumps(record) + "\n", encoding="utf-8")
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | Path) -> ProbeResult:
+        """Read a folder written by ``save``: metrics, exact arrays, figures, provenance."""
+        folder = Path(folder)
+        record = read_record(folder)
+        arrays: dict[str, np.ndarray] = {}
+        if record["arrays"]:
+            with np.load(folder / record.get("arrays_file", ARRAYS_FILE), allow_pickle=False) as z:
+                arrays = {name: z[name] for name in record["arrays"]}
+        figures = {}
+        for name in record["figures"]:
+            path = folder / FIGURES_DIR / f"{name}.json"
+            figures[name] = pio.from_json(path.read_text(encoding="utf-8"))
+        return cls(
+            probe=record["probe"],
+            metrics=record["metrics"],
+            arrays=arrays,
+            figures=figures,
+            provenance=record["provenance"],
+            summary=record.get("summary", ""),
+        )
+
+    # -- display -------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        prov = self.provenance
+        wall = prov.get("wall_time_s")
+        head = f"ProbeResult({self.probe!r}, model={prov.get('model_spec')!r}"
+        head += f", wall={wall:.1f}s)" if isinstance(wall, int | float) else ")"
+        lines = [head]
+        if self.summary:
+            lines.append(_wrap("summary", _clip(" ".join(self.summary.split()), 300)))
+        metrics = [f"{k}={_short(v)}" for k, v in self.metrics.items() if k != HEADLINE_KEY]
+        lines.append(_wrap("metrics", ", ".join(metrics) or "-"))
+        arrays = [f"{k} {a.dtype}{list(a.shape)}" for k, a in self.arrays.items()]
+        lines.append(_wrap("arrays", ", ".join(arrays) or "-"))
+        lines.append(_wrap("figures", ", ".join(self.figures) or "-"))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        prov = self.provenance
+        esc = html.escape
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{esc(k)}</th><td>{esc(_short(v))}</td></tr>"
+            for k, v in self.headline().items()
+        )
+        arrays = ", ".join(
+            f"{esc(k)} <code>{a.dtype}{list(a.shape)}</code>" for k, a in self.arrays.items()
+        )
+        wall = prov.get("wall_time_s")
+        return (
+            f"<div><b>ProbeResult</b> <code>{esc(self.probe)}</code> · model "
+            f"<code>{esc(str(prov.get('model_spec')))}</code>"
+            + (f" · {wall:.1f} s" if isinstance(wall, int | float) else "")
+            + (f"<p>{esc(self.summary)}</p>" if self.summary else "")
+            + f"<table>{rows}</table>"
+            + f"<div>arrays: {arrays or '-'}</div>"
+            + f"<div>figures: {esc(', '.join(self.figures)) or '-'}</div></div>"
+        )
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def read_record(folder: str | Path) -> dict[str, Any]:
+    """Parsed ``result.json`` of a result folder, checked for the fields every reader needs."""
+    path = Path(folder) / RESULT_FILE
+    if not path.is_file():
+        raise WorkbenchError(f"{folder} is not a result folder: it has no {RESULT_FILE}.")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WorkbenchError(f"{path} is not valid JSON ({exc}); re-run the probe.") from exc
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise WorkbenchError(
+            f"{path} has format_version {version!r}; this workbench reads up to "
+            f"{FORMAT_VERSION}. Update the workbench or re-run the probe."
+        )
+    missing = [
+        k for k in ("probe", "metrics", "provenance", "arrays", "figures") if k not in record
+    ]
+    if missing:
+        raise WorkbenchError(f"{path} lacks {missing}; re-run the probe to rewrite it.")
+    return record
+
+
+def _check_extra_files(extra_files: Mapping[str, str | Path] | None) -> dict[str, Path]:
+    extras: dict[str, Path] = {}
+    for name, source in (extra_files or {}).items():
+        relative = Path(name)
+        if (
+            not name
+            or relative.is_absolute()
+            or ".." in relative.parts
+            or relative.parts[0] in _RESERVED
+        ):
+            raise WorkbenchError(
+                f"extra_files name {name!r} must be a relative path inside the result folder "
+                f"and must not be one of {list(_RESERVED)}."
+            )
+        source = Path(source)
+        if not source.is_file():
+            raise WorkbenchError(f"extra_files[{name!r}] = {source} is not a file.")
+        extras[relative.as_posix()] = source
+    return extras
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"{target} exists and is not a folder; choose another path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"{target} already holds a run. Pass overwrite=True (CLI: --overwrite) to replace "
+            "it, or choose another folder."
+        )
+
+
+def _swap_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``target``; an old target is moved aside first and deleted after."""
+    _check_target(target, overwrite)  # again: another process may have written meanwhile
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _short(value: Any) -> str:
+    """Compact text for one metric value."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, np.ndarray):
+        return f"array{list(value.shape)}"
+    if isinstance(value, list | tuple):
+        if len(value) <= 4 and all(_is_scalar(v) for v in value):
+            return "[" + ", ".join(_short(v) for v in value) + "]"
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):
+        return "{" + f"{len(value)} keys" + "}"
+    if isinstance(value, str):
+        return repr(_clip(value, 40))
+    return repr(value)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _wrap(label: str, text: str) -> str:
+    return textwrap.fill(
+        text,
+        width=100,
+        initial_indent=f"  {label + ':':<9}",
+        subsequent_indent=" " * 11,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
