@@ -284,5 +284,8 @@ def _render_static(jobs: list[dict[str, Any]], browser: str) -> None:
 
 
 def setup_notebook() -> None:
-    """Show figures in notebooks without a CDN: JupyterLab's renderer plus an inlined copy."""
-    pio.renderers.default = "plotly_mimetype+notebook"
+    """Show figures in notebooks without a CDN: JupyterLab renders plotly's own mimetype.
+
+    Saved notebooks stay small (no inlined plotly.js); the report carries the static copies.
+    """
+    pio.renderers.default = "plotly_mimetype"

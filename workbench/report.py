@@ -144,13 +144,6 @@ def _script_json(text: str) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def _figure_title(fig: dict[str, Any]) -> str:
-    title = fig.get("layout", {}).get("title")
-    if isinstance(title, dict):
-        title = title.get("text")
-    return str(title) if title else ""
-
-
 def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
     """Figure cards and their JSON <script> blocks for one result."""
     cards: list[str] = []
@@ -165,23 +158,20 @@ def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
         json_path = entry.folder / FIGURES_DIR / f"{name}.json"
         try:
             text = json_path.read_text(encoding="utf-8")
-            fig = json.loads(text)
+            json.loads(text)  # a broken file is reported instead of drawn
         except (OSError, json.JSONDecodeError) as exc:
             body = f'<p class="missing">Cannot draw {_esc(name)}: {_esc(exc)}</p>'
-            caption = ""
         else:
             script_id = f"fig-{index}-{number}"
             scripts.append(
                 f'<script type="application/json" id="{script_id}">{_script_json(text)}</script>'
             )
             body = f'<div class="plot" data-src="{script_id}"></div>'
-            caption = _figure_title(fig)
         cards.append(
             '<figure class="card">'
             f"{body}"
             f'<figcaption><span class="fname">{_esc(name)}</span>'
-            + (f' <span class="muted">{_esc(caption)}</span>' if caption else "")
-            + f'<span class="links">{" · ".join(links)}</span></figcaption></figure>'
+            f'<span class="links">{" · ".join(links)}</span></figcaption></figure>'
         )
     if not cards:
         return '<p class="muted">No figures.</p>', ""
@@ -339,7 +329,7 @@ pre.json { background:#f8f9fb; border:1px solid var(--line); border-radius:6px; 
   max-height:320px; overflow:auto; margin:4px 0; }
 .null, .muted { color:var(--muted); }
 code.wrap { white-space:normal; overflow-wrap:anywhere; }
-.figures { display:grid; grid-template-columns:repeat(auto-fill,minmax(440px,1fr)); gap:16px;
+.figures { display:grid; grid-template-columns:1fr; gap:16px;
   margin-top:16px; }
 .card { margin:0; border:1px solid var(--line); border-radius:10px; padding:8px;
   background:#fff; min-width:0; }
@@ -364,6 +354,8 @@ _JS = """
       return;
     }
     var fig = JSON.parse(document.getElementById(div.dataset.src).textContent);
+    if (fig.layout) { delete fig.layout.width; fig.layout.autosize = true; }
+    if (fig.layout && fig.layout.height) { div.style.minHeight = fig.layout.height + "px"; }
     Plotly.newPlot(div, {data: fig.data || [], layout: fig.layout || {},
                          frames: fig.frames || [], config: config});
   }
