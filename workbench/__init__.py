@@ -1,0 +1,30 @@
+"""Interpretability workbench: load a model, capture named sites, run probes, save results."""
+
+from workbench.capture import ActivationCache, capture, hooks
+from workbench.errors import (
+    DataError,
+    FamilyError,
+    ModelNotFoundError,
+    OutputExistsError,
+    SiteError,
+    WorkbenchError,
+)
+from workbench.models import LoadedModel, load_model
+from workbench.results import ProbeResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "DataError",
+    "FamilyError",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "OutputExistsError",
+    "ProbeResult",
+    "SiteError",
+    "WorkbenchError",
+    "capture",
+    "hooks",
+    "load_model",
+]

@@ -1,0 +1,168 @@
+"""The ``workbench`` command: list, run, demo, report, zoo."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(
+    help="Interpretability workbench: run probes headlessly and build reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+def _fail(err: WorkbenchError) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Probes (with accepted families, presets, default models) and zoo models."""
+    from workbench.probe import get_probe, presets_of, probe_names
+    from workbench.zoo import list_zoo, zoo_path
+
+    typer.echo("probes:")
+    for name in probe_names():
+        module = get_probe(name)
+        doc = (module.__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"  {name:<10} {doc}")
+        typer.echo(
+            f"  {'':<10} families: {', '.join(module.FAMILIES)}; "
+            f"presets: {', '.join(presets_of(name)) or '-'}; "
+            f"defaults: {', '.join(module.DEFAULT_MODELS)}"
+        )
+    typer.echo("zoo models (use as --model zoo:NAME):")
+    for entry in list_zoo():
+        try:
+            zoo_path(entry.name)
+            state = "ready"
+        except WorkbenchError:
+            state = "not built"
+        typer.echo(f"  {entry.name:<14} {entry.family:<10} {state:<10} {entry.description}")
+
+
+@app.command()
+def run(
+    probe: Annotated[str, typer.Argument(help="probe name, see `workbench list`")],
+    out: Annotated[Path, typer.Option("--out", help="folder for this run's results")],
+    model: Annotated[str | None, typer.Option(help="hub id, local folder or zoo:NAME")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="config value, key=value")] = None,
+    preset: Annotated[str | None, typer.Option(help="named preset of the probe")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
+    notebook: Annotated[bool, typer.Option(help="run notebooks/PROBE.ipynb via papermill")] = True,
+) -> None:
+    """Run one probe headlessly and write result.json, figures and the executed notebook."""
+    from workbench.probe import parse_params
+    from workbench.runner import execute, plan_run
+
+    try:
+        plan = plan_run(
+            probe,
+            model,
+            out=out,
+            params=parse_params(param or []),
+            preset=preset,
+            overwrite=overwrite,
+        )
+        started = time.time()
+        folder = execute(plan, notebook=notebook)
+    except WorkbenchError as err:
+        _fail(err)
+    typer.echo(f"{probe} on {plan.model}: {folder} ({time.time() - started:.0f} s)")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="results folder")] = Path("results"),
+    probe: Annotated[list[str] | None, typer.Option(help="only these probes")] = None,
+    notebook: Annotated[bool, typer.Option(help="run each probe's notebook")] = True,
+) -> None:
+    """Every probe on each of its embedded default models, then the report (replaces old runs)."""
+    from workbench.probe import get_probe, probe_names
+    from workbench.report import build_report
+    from workbench.runner import execute, plan_run, result_folder_name
+
+    failures = []
+    try:
+        for name in probe or probe_names():
+            for spec in get_probe(name).DEFAULT_MODELS:
+                folder = out / result_folder_name(name, spec)
+                started = time.time()
+                typer.echo(f"== {name} on {spec} -> {folder}")
+                try:
+                    execute(plan_run(name, spec, out=folder, overwrite=True), notebook=notebook)
+                except WorkbenchError as err:
+                    failures.append(f"{name} on {spec}: {err}")
+                    typer.secho(f"   failed: {err}", fg=typer.colors.RED, err=True)
+                    continue
+                typer.echo(f"   done in {time.time() - started:.0f} s")
+        index = build_report(out)
+    except WorkbenchError as err:
+        _fail(err)
+    typer.echo(f"report: {index}")
+    if failures:
+        typer.secho(f"{len(failures)} run(s) failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="folder holding result folders")] = Path(
+        "results"
+    ),
+) -> None:
+    """Build an offline index.html gallery of every result under RESULTS."""
+    from workbench.report import build_report
+
+    try:
+        typer.echo(build_report(results))
+    except WorkbenchError as err:
+        _fail(err)
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """Embedded models, their family, and whether they are built."""
+    from workbench.zoo import list_zoo, zoo_path
+
+    for entry in list_zoo():
+        try:
+            where = str(zoo_path(entry.name))
+        except WorkbenchError:
+            where = f"not built (workbench zoo build {entry.name})"
+        typer.echo(f"{entry.name:<14} {entry.family:<10} seed {entry.seed:<4} {where}")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    name: Annotated[str, typer.Argument(help="zoo model to (re)build from its recipe")],
+    out: Annotated[Path | None, typer.Option(help="folder (default: data/zoo/NAME)")] = None,
+) -> None:
+    """Rebuild a zoo model from its recipe and seed."""
+    from workbench.zoo import build
+
+    try:
+        metrics = build(name, out)
+    except WorkbenchError as err:
+        _fail(err)
+    for key, value in metrics.items():
+        typer.echo(f"  {key}: {value}")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m workbench.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
