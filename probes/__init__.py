@@ -1,0 +1,1 @@
+"""Probes: one sub-package per probe, each ``run(model, config) -> ProbeResult``."""

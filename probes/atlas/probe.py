@@ -1,0 +1,167 @@
+"""``run``: per-layer maps and linear decodability of a label, for any loaded model."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from probes.atlas import compute
+from probes.atlas.config import Config
+from probes.atlas.data import LabelledPositions, default_dataset
+from workbench.capture import capture
+from workbench.errors import DataError
+from workbench.models import LoadedModel
+from workbench.probe import check_family
+from workbench.results import ProbeResult, make_provenance
+
+NAME = "atlas"
+FAMILIES = ("vit", "encoder", "causal-lm")
+DEFAULT_MODELS = ("zoo:vit-scenes", "zoo:minilm")
+
+
+def validate(config: Config) -> None:
+    bad = [m for m in config.methods if m not in ("pca", "umap")]
+    if bad:
+        raise DataError(f"unknown map method(s) {bad}; choose from pca, umap")
+    if config.folds < 2:
+        raise DataError("folds must be at least 2 for cross-validation")
+    if config.n_inputs < 2 or config.max_points < 10:
+        raise DataError("n_inputs must be >= 2 and max_points >= 10")
+
+
+def run(
+    model: LoadedModel, config: Config | None = None, data: LabelledPositions | None = None
+) -> ProbeResult:
+    """Where does the label become linearly decodable, and what do the layers look like?"""
+    started = time.time()
+    config = config or Config()
+    check_family(model, FAMILIES, NAME)
+    validate(config)
+    model.layer_sites(config.site_kind)  # unknown site kind fails here, before any work
+    if data is None:
+        data = default_dataset(model, config.dataset, config.n_inputs, config.seed)
+
+    keep = compute.subsample(data.labels, config.max_points, config.seed)
+    positions, labels, groups = data.positions[keep], data.labels[keep], data.groups[keep]
+    splits = compute.folds_for(groups, config.folds, config.seed)
+    chance = compute.chance_accuracy(labels, splits)
+    sites = ["blocks.0.resid_pre", *model.layer_sites(config.site_kind)]
+    layer_names = ["embed", *(f"block {i}" for i in range(model.n_layers))]
+
+    features = _features(model, data, positions, sites, config)
+    accuracy = _accuracies(features, labels, splits, config, "probe layers")
+    metrics: dict = {}
+    arrays: dict[str, np.ndarray] = {}
+    if config.random_control:
+        control = model.random_init_copy(config.seed)
+        control_features = _features(control, data, positions, sites, config)
+        control_acc = _accuracies(control_features, labels, splits, config, "probe control")
+        arrays["control_accuracy"] = np.array([d.mean for d in control_acc])
+        metrics["control_peak_accuracy"] = float(arrays["control_accuracy"].max())
+        del control, control_features
+
+    acc = np.array([d.mean for d in accuracy])
+    peak = int(acc.argmax())
+    onset = compute.onset_layer(acc, chance)
+    metrics = {
+        "peak_accuracy": float(acc[peak]),
+        "peak_layer": layer_names[peak],
+        "chance_accuracy": chance,
+        "onset_layer": layer_names[onset],
+        **metrics,
+        "accuracy_by_layer": dict(zip(layer_names, acc.round(4).tolist(), strict=True)),
+        "label": data.label_title,
+        "n_classes": len(data.label_names),
+        "n_points": len(keep),
+        "n_groups": len(np.unique(groups)),
+        "headline": ["peak_accuracy", "peak_layer", "chance_accuracy", *metrics],
+    }
+    arrays |= {
+        "accuracy": acc,
+        "accuracy_std": np.array([d.std for d in accuracy]),
+        "labels": labels,
+        "label_names": np.array(data.label_names),
+        "layer_names": np.array(layer_names),
+        "hover": data.hover[keep],
+        **{f"colour_{k}": v[keep] for k, v in data.colourings.items()},
+    }
+    for method in config.methods:
+        arrays[method] = np.stack(
+            [
+                compute.project_2d(x, method, seed=config.seed, n_neighbors=config.umap_neighbors)
+                for x in tqdm(features, desc=f"{method} maps", leave=False)
+            ]
+        )
+    summary = _summary(model.spec, data.label_title, layer_names, acc, chance, onset, metrics)
+    result = ProbeResult(
+        probe=NAME,
+        metrics=metrics,
+        arrays=arrays,
+        figures={},
+        provenance=make_provenance(
+            probe=NAME,
+            model_spec=model.spec,
+            model_digest=model.digest(),
+            family=model.family,
+            config=dataclasses.asdict(config),
+            seed=config.seed,
+            started=started,
+        ),
+        summary=summary,
+    )
+    from probes.atlas.plots import figures
+
+    result.figures = figures(result)
+    return result
+
+
+def _features(
+    model: LoadedModel,
+    data: LabelledPositions,
+    positions: np.ndarray,
+    sites: list[str],
+    config: Config,
+) -> list[np.ndarray]:
+    cache = capture(model, data.inputs, sites, batch_size=config.batch_size)
+    try:
+        return [compute.gather(cache[s], positions, s) for s in sites]
+    finally:
+        cache.close()
+
+
+def _accuracies(
+    features: list[np.ndarray],
+    labels: np.ndarray,
+    splits: list,
+    config: Config,
+    desc: str,
+) -> list[compute.Decodability]:
+    return [
+        compute.probe_accuracy(x, labels, splits, c=config.probe_c)
+        for x in tqdm(features, desc=desc, leave=False)
+    ]
+
+
+def _summary(
+    spec: str,
+    label: str,
+    layer_names: list[str],
+    acc: np.ndarray,
+    chance: float,
+    onset: int,
+    metrics: dict,
+) -> str:
+    text = (
+        f"On {spec}, the {label} is linearly decodable with held-out accuracy up to "
+        f"{acc.max():.1%} at {layer_names[int(acc.argmax())]} (chance {chance:.1%}); "
+        f"half of that gain over chance is reached by {layer_names[onset]}."
+    )
+    if "control_peak_accuracy" in metrics:
+        text += (
+            f" A randomly initialised copy of the same architecture peaks at "
+            f"{metrics['control_peak_accuracy']:.1%}, the floor that learning must beat."
+        )
+    return text
