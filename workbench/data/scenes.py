@@ -1,0 +1,380 @@
+"""Deterministic synthetic scenes with pixel-exact ground truth.
+
+Each image holds a few shapes on a noisy, per-image background. Colour and texture are drawn
+independently of the shape class, so a probe that recovers the class from a patch must have
+learned shape, not colour. Later objects are drawn over earlier ones, and the masks record what is
+*visible*. Image ``i`` is generated from ``np.random.default_rng([seed, i])``, so it is
+bit-identical whatever ``n`` is, and two calls with the same arguments give identical arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from workbench.errors import DataError
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
+"""Shape classes; class id ``k`` (1-based) is ``SHAPES[k - 1]``, class id 0 is background."""
+
+TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker")
+
+_MAX_TRIES = 12  # placements tried per object before it is skipped
+_MIN_PIXELS = 12  # every object keeps at least this many visible pixels
+_MIN_COLOUR_DISTANCE = 90.0  # RGB distance between an object's colour and the background mean
+_OUTLINE = 15.0  # grey level of object contours
+_BG_LOW = 70.0  # darkest background channel mean, so contours stay visible
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn object: what it is, where, how it looks, and how much of it is visible."""
+
+    instance_id: int
+    class_id: int
+    class_name: str
+    center: tuple[float, float]  # (row, col) in pixels
+    radius: float
+    angle: float  # radians
+    colour: tuple[int, int, int]
+    texture: str
+    area: int  # pixels the shape covers inside the image before any occlusion
+    visible: int  # pixels still visible in the final image
+
+
+@dataclass(frozen=True, eq=False)
+class Scenes:
+    """A batch of scenes: images plus instance and class maps at pixel resolution."""
+
+    images: np.ndarray  # uint8 (n, size, size, 3)
+    instance_ids: np.ndarray  # int16 (n, size, size); 0 = background, 1..k per image
+    class_ids: np.ndarray  # int16 (n, size, size); 0 = background, 1..C = index in class_names
+    class_names: tuple[str, ...]  # class_names[0] == "background"
+    objects: tuple[tuple[SceneObject, ...], ...]  # per image, in drawing order (= instance id)
+    seed: int
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of shape classes, not counting background."""
+        return len(self.class_names) - 1
+
+    def present(self) -> np.ndarray:
+        """(n, C) bool: which shape classes are visible in each image (image-level labels)."""
+        flat = self.class_ids.reshape(len(self), -1)
+        return np.stack([(flat == c).any(axis=1) for c in range(1, self.n_classes + 1)], axis=1)
+
+
+def make_scenes(
+    n: int,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    n_objects: tuple[int, int] = (2, 4),
+    radius: tuple[float, float] = (0.1, 0.2),
+    classes: Sequence[str] = SHAPES,
+    textures: Sequence[str] = TEXTURES,
+    min_visible: float = 0.4,
+    noise: float = 6.0,
+    outline: int = 1,
+    align: int = 1,
+    rotate: bool = True,
+) -> Scenes:
+    """Render ``n`` scenes of ``size`` x ``size`` pixels with their ground-truth masks.
+
+    ``n_objects`` is the inclusive range of objects attempted per image; ``radius`` is the range
+    of object radii as a fraction of ``size``. An object is re-placed (up to a few times, then
+    skipped) if it would leave an earlier object with less than ``min_visible`` of its area, so
+    every instance in the masks is clearly visible. ``noise`` is the std of per-pixel grain.
+    ``outline`` is the width in pixels of a dark contour drawn inside every object (0 for none):
+    like a cartoon's ink line it marks the object's edge the same way whatever its colour.
+    """
+    _check_args(n, size, seed, n_objects, radius, classes, textures, min_visible, noise, outline)
+    classes = tuple(classes)
+    textures = tuple(textures)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    instance_ids = np.zeros((n, size, size), dtype=np.int16)
+    class_ids = np.zeros((n, size, size), dtype=np.int16)
+    objects = []
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        image, inst, cls, objs = _render(
+            rng,
+            size,
+            rows,
+            cols,
+            n_objects,
+            radius,
+            classes,
+            textures,
+            min_visible,
+            noise,
+            outline,
+            align,
+            rotate,
+        )
+        images[i], instance_ids[i], class_ids[i] = image, inst, cls
+        objects.append(objs)
+    return Scenes(
+        images=images,
+        instance_ids=instance_ids,
+        class_ids=class_ids,
+        class_names=("background", *classes),
+        objects=tuple(objects),
+        seed=seed,
+    )
+
+
+def patch_labels(
+    mask: np.ndarray, patch_size: int, *, background: int = 0, min_fraction: float = 0.5
+) -> np.ndarray:
+    """One id per patch, in the row-major order a ViT flattens patches: (n, H//p * W//p).
+
+    Each patch takes the most common id among its pixels (background included). Ties go to the
+    smallest id, so a patch split 50/50 between background 0 and an object stays background. If
+    the winning id covers less than ``min_fraction`` of the patch, the patch is ``background``:
+    it is ambiguous and should not be used as an example of any one object.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise DataError(f"mask must have shape (n, H, W) or (H, W); got {mask.shape}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"mask must hold integer ids; got dtype {mask.dtype} (cast with .astype)")
+    if not isinstance(patch_size, int | np.integer) or patch_size < 1:
+        raise DataError(f"patch_size must be a positive integer; got {patch_size!r}")
+    if not 0.0 <= min_fraction <= 1.0:
+        raise DataError(f"min_fraction must be in [0, 1]; got {min_fraction}")
+    n, h, w = mask.shape
+    if h % patch_size or w % patch_size:
+        raise DataError(
+            f"mask is {h}x{w}, not divisible by patch_size {patch_size}; crop or resize the "
+            f"masks to a multiple of {patch_size}"
+        )
+    gh, gw, p = h // patch_size, w // patch_size, patch_size
+    blocks = mask.reshape(n, gh, p, gw, p).transpose(0, 1, 3, 2, 4).reshape(n * gh * gw, p * p)
+    values, codes = np.unique(blocks, return_inverse=True)  # values sorted: ties -> smallest id
+    codes = codes.reshape(blocks.shape)
+    k = len(values)
+    offsets = np.arange(blocks.shape[0])[:, None] * k
+    counts = np.bincount((codes + offsets).ravel(), minlength=blocks.shape[0] * k)
+    counts = counts.reshape(blocks.shape[0], k)
+    winner = counts.argmax(axis=1)
+    labels = values[winner].astype(mask.dtype)
+    share = counts[np.arange(len(winner)), winner] / (p * p)
+    labels[share < min_fraction] = background
+    return labels.reshape(n, gh * gw)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def _render(
+    rng: np.random.Generator,
+    size: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    n_objects: tuple[int, int],
+    radius: tuple[float, float],
+    classes: tuple[str, ...],
+    textures: tuple[str, ...],
+    min_visible: float,
+    noise: float,
+    outline: int,
+    align: int,
+    rotate: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[SceneObject, ...]]:
+    canvas, bg_mean = _background(rng, size)
+    inst = np.zeros((size, size), dtype=np.int16)
+    cls = np.zeros((size, size), dtype=np.int16)
+    placed: list[dict] = []
+    for _ in range(int(rng.integers(n_objects[0], n_objects[1] + 1))):
+        class_id = int(rng.integers(1, len(classes) + 1))
+        texture = textures[int(rng.integers(len(textures)))]
+        colour = _object_colour(rng, bg_mean)
+        for _try in range(_MAX_TRIES):
+            r = float(rng.uniform(radius[0], radius[1]) * size)
+            cy, cx = rng.uniform(0.7 * r, size - 0.7 * r, size=2)
+            if align > 1:
+                cy, cx = align * np.round(np.array([cy, cx]) / align)
+            angle = float(rng.uniform(0.0, 2.0 * math.pi))
+            if not rotate:
+                angle = (math.pi / 2) * round(angle / (math.pi / 2))
+            shape = _shape_mask(classes[class_id - 1], rows - cy, cols - cx, r, angle)
+            area = int(shape.sum())
+            if area < _MIN_PIXELS or not _keeps_others_visible(inst, shape, placed, min_visible):
+                continue
+            instance_id = len(placed) + 1
+            canvas[shape] = _texture(rng, texture, colour, rows, cols)[shape]
+            if outline:
+                canvas[shape & ~_erode(shape, outline)] = _OUTLINE
+            inst[shape] = instance_id
+            cls[shape] = class_id
+            placed.append(
+                dict(
+                    instance_id=instance_id,
+                    class_id=class_id,
+                    class_name=classes[class_id - 1],
+                    center=(float(cy), float(cx)),
+                    radius=r,
+                    angle=angle,
+                    colour=tuple(int(c) for c in colour),
+                    texture=texture,
+                    area=area,
+                )
+            )
+            break
+    if noise > 0:
+        canvas += rng.normal(0.0, noise, size=canvas.shape)
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    visible = np.bincount(inst.ravel(), minlength=len(placed) + 1)
+    objs = tuple(SceneObject(**o, visible=int(visible[o["instance_id"]])) for o in placed)
+    return image, inst, cls, objs
+
+
+def _keeps_others_visible(
+    inst: np.ndarray, shape: np.ndarray, placed: list[dict], min_visible: float
+) -> bool:
+    """Whether drawing ``shape`` on top leaves every earlier object enough visible pixels."""
+    if not placed:
+        return True
+    covered = np.bincount(inst[shape], minlength=len(placed) + 1)
+    before = np.bincount(inst.ravel(), minlength=len(placed) + 1)
+    for o in placed:
+        left = before[o["instance_id"]] - covered[o["instance_id"]]
+        if left < max(_MIN_PIXELS, min_visible * o["area"]):
+            return False
+    return True
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary erosion with a 3x3 cross, ``steps`` times; pixels outside the image count as off."""
+    out = mask.copy()
+    for _ in range(steps):
+        inner = out.copy()
+        inner[1:] &= out[:-1]
+        inner[:-1] &= out[1:]
+        inner[:, 1:] &= out[:, :-1]
+        inner[:, :-1] &= out[:, 1:]
+        inner[0] = inner[-1] = False
+        inner[:, 0] = inner[:, -1] = False
+        out = inner
+    return out
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random colour field: a per-image base colour plus low-frequency colour noise."""
+    base = rng.uniform(_BG_LOW, 225.0, size=3)
+    grid = int(rng.integers(3, 7))
+    coarse = rng.normal(0.0, 22.0, size=(grid, grid, 3))
+    t = np.linspace(0.0, grid - 1.0, size)
+    i0 = np.minimum(np.floor(t).astype(int), grid - 2)
+    f = (t - i0)[:, None]
+    along_rows = coarse[i0] * (1 - f[..., None]) + coarse[i0 + 1] * f[..., None]  # (size, g, 3)
+    field = along_rows[:, i0] * (1 - f[None]) + along_rows[:, i0 + 1] * f[None]
+    return base + field, base
+
+
+def _object_colour(rng: np.random.Generator, bg_mean: np.ndarray) -> np.ndarray:
+    """A uniform random RGB colour (independent of class) that stands out from the background."""
+    colour = rng.uniform(0.0, 255.0, size=3)
+    for _ in range(20):
+        if np.linalg.norm(colour - bg_mean) >= _MIN_COLOUR_DISTANCE:
+            break
+        colour = rng.uniform(0.0, 255.0, size=3)
+    return np.rint(colour)
+
+
+def _texture(
+    rng: np.random.Generator, texture: str, colour: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """A full-canvas fill pattern in ``colour`` and a contrasting second tone."""
+    fill = np.empty((*rows.shape, 3))
+    fill[:] = colour
+    if texture == "solid":
+        return fill
+    other = colour * 0.45 if colour.mean() > 110 else colour + (255.0 - colour) * 0.6
+    if texture == "stripes":
+        period = float(rng.uniform(3.0, 6.0))
+        theta = float(rng.uniform(0.0, math.pi))
+        phase = (rows * math.cos(theta) + cols * math.sin(theta)) / period
+        alt = (np.floor(phase) % 2).astype(bool)
+    else:  # checker
+        cell = int(rng.integers(2, 5))
+        alt = ((rows // cell + cols // cell) % 2).astype(bool)
+    fill[alt] = other
+    return fill
+
+
+def _shape_mask(name: str, dy: np.ndarray, dx: np.ndarray, r: float, angle: float) -> np.ndarray:
+    """Boolean mask of shape ``name`` with radius ``r``, rotated by ``angle``, at offsets."""
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    if name == "circle":
+        return u * u + v * v <= r * r
+    if name == "ring":
+        d2 = u * u + v * v
+        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
+    if name == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8 * r
+    if name == "cross":
+        au, av, arm = np.abs(u), np.abs(v), 0.3 * r
+        return ((au <= arm) & (av <= r)) | ((av <= arm) & (au <= r))
+    if name == "triangle":  # equilateral, circumradius 1.2 r: three half-planes at the inradius
+        inner = 0.6 * r
+        out = np.ones(u.shape, dtype=bool)
+        for k in range(3):
+            a = 2.0 * math.pi * k / 3.0
+            out &= u * math.cos(a) + v * math.sin(a) <= inner
+        return out
+    raise DataError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+
+
+def _check_args(
+    n: int,
+    size: int,
+    seed: int,
+    n_objects: tuple[int, int],
+    radius: tuple[float, float],
+    classes: Sequence[str],
+    textures: Sequence[str],
+    min_visible: float,
+    noise: float,
+    outline: int,
+) -> None:
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise DataError(f"n must be a positive integer number of scenes; got {n!r}")
+    if not isinstance(size, int | np.integer) or size < 16:
+        raise DataError(f"size must be an integer of at least 16 pixels; got {size!r}")
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer; got {seed!r}")
+    if (
+        len(n_objects) != 2
+        or not all(isinstance(k, int | np.integer) for k in n_objects)
+        or not 1 <= n_objects[0] <= n_objects[1]
+    ):
+        raise DataError(f"n_objects must be (low, high) with 1 <= low <= high; got {n_objects!r}")
+    if len(radius) != 2 or not 0.0 < radius[0] <= radius[1] <= 0.5:
+        raise DataError(
+            f"radius must be (low, high) fractions of size with 0 < low <= high <= 0.5; "
+            f"got {radius!r}"
+        )
+    unknown = [c for c in classes if c not in SHAPES]
+    if not classes or unknown or len(set(classes)) != len(classes):
+        raise DataError(
+            f"classes must be distinct names from {', '.join(SHAPES)}; got {tuple(classes)!r}"
+        )
+    bad = [t for t in textures if t not in TEXTURES]
+    if not textures or bad:
+        raise DataError(f"textures must be names from {', '.join(TEXTURES)}; got {textures!r}")
+    if not 0.0 <= min_visible < 1.0:
+        raise DataError(f"min_visible must be in [0, 1); got {min_visible}")
+    if noise < 0:
+        raise DataError(f"noise must be >= 0 (std of per-pixel grain); got {noise}")
+    if not isinstance(outline, int | np.integer) or outline < 0:
+        raise DataError(f"outline must be a width in pixels >= 0; got {outline!r}")

@@ -1,0 +1,280 @@
+"""Recipe for ``vit-scenes``: a small ViT trained on synthetic scenes to say which shapes appear.
+
+The task is image-level and multi-label (one sigmoid per shape class), so the model has to
+recognise each object's shape whatever its colour or texture; the scenes' pixel masks then give
+per-patch ground truth for probing where, and in which layer, object identity is represented.
+Training is seeded and the data deterministic, and it fits in a few CPU minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
+
+NAME = "vit-scenes"
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+TRAIN_SIZE = 16_000
+EVAL_SIZE = 1_000
+EVAL_SEED_OFFSET = 10_000  # held-out scenes come from seed + this, never seen in training
+EPOCHS = 4
+BATCH_SIZE = 64
+LR = 1e-3
+WEIGHT_DECAY = 0.05
+WARMUP_FRACTION = 0.05
+MAX_THREADS = 1  # a model this small trains fastest on one thread here
+PATCH_LOSS_WEIGHT = 1.0
+
+
+def vit_config() -> Any:
+    """The architecture: 6 layers, width 128, 4 heads, 8-px patches on 64-px images."""
+    from transformers import ViTConfig
+
+    return ViTConfig(
+        hidden_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=512,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        num_channels=3,
+        num_labels=len(SHAPES),
+        id2label=dict(enumerate(SHAPES)),
+        label2id={name: i for i, name in enumerate(SHAPES)},
+        problem_type="multi_label_classification",
+    )
+
+
+def to_pixel_values(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as the saved preprocessor does."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def build(out_dir: Path, seed: int) -> dict:
+    """Train the model, evaluate it on held-out scenes, and save it atomically into ``out_dir``.
+
+    Returns the held-out metrics (also written to ``recipe.json``).
+    """
+    import transformers
+    from transformers import ViTForImageClassification
+
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(MAX_THREADS, os.cpu_count() or 1)))
+    try:
+        torch.manual_seed(seed)
+        train = make_scenes(TRAIN_SIZE, size=IMAGE_SIZE, seed=seed)
+        held = make_scenes(EVAL_SIZE, size=IMAGE_SIZE, seed=seed + EVAL_SEED_OFFSET)
+        model = ViTForImageClassification(vit_config())
+        train_loss = _train(model, train, seed)
+        model = model.half()  # evaluate exactly the fp16 weights that are saved
+        metrics = evaluate(model.float(), held)
+        model = model.half()
+    finally:
+        torch.set_num_threads(old_threads)
+    metrics["final_train_loss"] = round(train_loss, 4)
+    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
+    recipe = {
+        "name": NAME,
+        "recipe": __name__,
+        "seed": seed,
+        "metrics": metrics,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+        "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",
+        "classes": list(SHAPES),
+        "train_size": TRAIN_SIZE,
+        "train_seed": seed,
+        "eval_size": EVAL_SIZE,
+        "eval_seed": seed + EVAL_SEED_OFFSET,
+        "scenes": "workbench.data.scenes.make_scenes(n, size=64, seed=...) with defaults",
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "optimizer": f"AdamW lr={LR} weight_decay={WEIGHT_DECAY}, warmup + cosine",
+        "augmentation": "random horizontal/vertical flips and transposes (labels unchanged)",
+        "patch_loss_weight": PATCH_LOSS_WEIGHT,
+        "objective": "BCE on which shapes are present (CLS head) + weight x cross-entropy of "
+        "each patch's class from the final patch tokens via a discarded linear head",
+    }
+    _save_atomically(model, recipe, out_dir)
+    return metrics
+
+
+def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
+    """Supervised multi-label training; returns the mean multi-label loss of the last epoch.
+
+    With ``PATCH_LOSS_WEIGHT > 0`` a throw-away linear head also predicts each patch's class
+    from the final patch tokens (dense supervision speeds learning up a lot on a CPU budget);
+    the head is not saved, so the checkpoint is a plain ViTForImageClassification.
+    """
+    labels = torch.from_numpy(scenes.present().astype(np.float32))
+    patch_classes = torch.from_numpy(
+        patch_labels(scenes.class_ids, PATCH_SIZE, min_fraction=0.0).astype(np.int64)
+    )
+    patch_head = torch.nn.Linear(model.config.hidden_size, len(SHAPES) + 1)
+    params = [*model.parameters(), *patch_head.parameters()]
+    n = len(scenes)
+    steps_per_epoch = n // BATCH_SIZE
+    total = steps_per_epoch * EPOCHS
+    warmup = max(1, int(WARMUP_FRACTION * total))
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup, total)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    last = 0.0
+    bar = tqdm(total=total, desc=f"train {NAME}", unit="step")
+    for _epoch in range(EPOCHS):
+        order = torch.randperm(n, generator=gen)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
+            x, patches = _augment(
+                to_pixel_values(scenes.images[idx.numpy()]), patch_classes[idx], gen
+            )
+            out = model(pixel_values=x, labels=labels[idx], output_hidden_states=True)
+            loss = out.loss
+            if PATCH_LOSS_WEIGHT:
+                tokens = model.vit.layernorm(out.hidden_states[-1][:, 1:])
+                dense = torch.nn.functional.cross_entropy(
+                    patch_head(tokens).flatten(0, 1), patches.flatten()
+                )
+                loss = loss + PATCH_LOSS_WEIGHT * dense
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(out.loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        last = float(np.mean(losses))
+    bar.close()
+    model.eval()
+    return last
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to the full rate, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _augment(
+    x: torch.Tensor, patches: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and transposes per image, applied alike to the patch-class grid."""
+    x = x.clone()
+    side = IMAGE_SIZE // PATCH_SIZE
+    grid = patches.view(-1, side, side).clone()
+    for op in ("hflip", "vflip", "transpose"):
+        pick = torch.rand(x.shape[0], generator=gen) < 0.5
+        if not pick.any():
+            continue
+        if op == "hflip":
+            x[pick], grid[pick] = x[pick].flip(-1), grid[pick].flip(-1)
+        elif op == "vflip":
+            x[pick], grid[pick] = x[pick].flip(-2), grid[pick].flip(-2)
+        else:
+            x[pick], grid[pick] = x[pick].transpose(-1, -2), grid[pick].transpose(-1, -2)
+    return x, grid.reshape(len(x), -1)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(N, C) bool: which shape classes the model says are present (sigmoid > 0.5)."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_pixel_values(images[i : i + batch_size]).to(dtype)
+        out.append(model(pixel_values=x).logits.float() > 0)
+    return torch.cat(out).numpy()
+
+
+def evaluate(model: torch.nn.Module, scenes: Scenes) -> dict:
+    """Exact-match, per-label accuracy and per-class F1 on ``scenes``, with chance baselines."""
+    truth = scenes.present()
+    pred = predict(model, scenes.images)
+    tp = (pred & truth).sum(axis=0)
+    fp = (pred & ~truth).sum(axis=0)
+    fn = (~pred & truth).sum(axis=0)
+    f1 = 2 * tp / np.maximum(1, 2 * tp + fp + fn)
+    majority = np.maximum(truth.mean(axis=0), 1 - truth.mean(axis=0))
+    majority_rows = (truth.mean(axis=0) >= 0.5)[None, :]
+    return {
+        "eval_scenes": len(scenes),
+        "exact_match": round(float((pred == truth).all(axis=1).mean()), 4),
+        "label_accuracy": round(float((pred == truth).mean()), 4),
+        "macro_f1": round(float(f1.mean()), 4),
+        "f1": {name: round(float(v), 4) for name, v in zip(SHAPES, f1, strict=True)},
+        "chance_label_accuracy": round(float(majority.mean()), 4),
+        "chance_exact_match": round(float((truth == majority_rows).all(axis=1).mean()), 4),
+    }
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_atomically(model: torch.nn.Module, recipe: dict, out_dir: Path) -> None:
+    """Write everything into a temp sibling folder, then swap it into place in one rename."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
+    old = out_dir.parent / f"{out_dir.name}.old.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        preprocessor = {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": False,
+            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(IMAGE_MEAN),
+            "image_std": list(IMAGE_STD),
+        }
+        (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+        recipe = {**recipe, "model_sha256": sha256_file(tmp / "model.safetensors")}
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rename(old)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if old.exists():
+                old.rename(out_dir)  # put the previous build back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
