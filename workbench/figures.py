@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import kaleido
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 from choreographer.errors import BrowserFailedError, ChromeNotFoundError
@@ -117,6 +118,146 @@ def new_figure(**layout: Any) -> go.Figure:
     fig = go.Figure(layout={"template": TEMPLATE})
     if layout:
         fig.update_layout(**layout)
+    return fig
+
+
+# -- shared figure builders -------------------------------------------------------------------
+def token_heatmap(
+    values: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str = "",
+    colorscale: str = "Viridis",
+    zmid: float | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorbar_title: str = "",
+    hover_value: str = "value",
+) -> go.Figure:
+    """A (rows x cols) heatmap over token (or slot) labels, e.g. attention query x key.
+
+    Axes are integer positions with the labels as tick text, so repeated tokens (two "the")
+    stay separate cells instead of being merged the way categorical axes would merge them.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape != (len(row_labels), len(col_labels)):
+        raise DataError(
+            f"heatmap values have shape {values.shape} but there are {len(row_labels)} row and "
+            f"{len(col_labels)} column labels"
+        )
+    rows = [f"{i}: {t}" for i, t in enumerate(row_labels)]
+    cols = [f"{j}: {t}" for j, t in enumerate(col_labels)]
+    hover = np.array([[f"{r} → {c}" for c in cols] for r in rows])
+    fig = new_figure(title=title)
+    fig.add_trace(
+        go.Heatmap(
+            z=values,
+            x=list(range(len(cols))),
+            y=list(range(len(rows))),
+            text=hover,
+            hovertemplate=f"%{{text}}<br>{hover_value} %{{z:.4g}}<extra></extra>",
+            colorscale=colorscale,
+            zmid=zmid,
+            zmin=zmin,
+            zmax=zmax,
+            colorbar={"title": {"text": colorbar_title}},
+        )
+    )
+    size = max(len(rows), len(cols))
+    font = 11 if size <= 40 else 8
+    fig.update_xaxes(
+        tickmode="array",
+        tickvals=list(range(len(cols))),
+        ticktext=[str(t) for t in col_labels],
+        tickangle=-60,
+        tickfont={"size": font},
+        showgrid=False,
+        zeroline=False,
+    )
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=list(range(len(rows))),
+        ticktext=[str(t) for t in row_labels],
+        autorange="reversed",
+        tickfont={"size": font},
+        showgrid=False,
+        zeroline=False,
+    )
+    cell = 22 if size <= 30 else 14
+    fig.update_layout(
+        width=min(1400, 220 + cell * len(cols)), height=min(1400, 160 + cell * len(rows))
+    )
+    return fig
+
+
+def image_overlay(
+    image: np.ndarray,
+    scores: np.ndarray | None,
+    patch_size: int,
+    *,
+    title: str = "",
+    colorscale: str = "Inferno",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    opacity: float = 0.6,
+    selected: int | None = None,
+    colorbar_title: str = "",
+    width: int = 460,
+) -> go.Figure:
+    """An image with a per-patch score map laid over it (``scores``: grid_h x grid_w or flat).
+
+    The overlay is a heatmap in pixel coordinates, one cell per patch, so hovering or clicking
+    gives the patch; ``selected`` (a flat patch index) is outlined.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise DataError(f"image must be (H, W, 3); got {image.shape}")
+    h, w = image.shape[:2]
+    if h % patch_size or w % patch_size:
+        raise DataError(f"image {h}x{w} is not a whole number of {patch_size}-px patches")
+    gh, gw = h // patch_size, w // patch_size
+    grid = np.zeros((gh, gw)) if scores is None else np.asarray(scores, dtype=float)
+    if grid.size != gh * gw:
+        raise DataError(f"{grid.size} scores for a {gh}x{gw} patch grid")
+    grid = grid.reshape(gh, gw)
+    centres_x = patch_size * (np.arange(gw) + 0.5) - 0.5
+    centres_y = patch_size * (np.arange(gh) + 0.5) - 0.5
+    index = np.arange(gh * gw).reshape(gh, gw)
+    fig = new_figure(title=title)
+    fig.add_trace(go.Image(z=image.astype(np.uint8), hoverinfo="skip", name="image"))
+    fig.add_trace(
+        go.Heatmap(
+            z=grid,
+            x=centres_x,
+            y=centres_y,
+            customdata=index,
+            colorscale=colorscale,
+            zmin=zmin,
+            zmax=zmax,
+            opacity=0.0 if scores is None else opacity,
+            showscale=scores is not None,
+            colorbar={"title": {"text": colorbar_title}},
+            hovertemplate="patch %{customdata} (row %{y:.0f}px, col %{x:.0f}px)<br>"
+            "score %{z:.3g}<extra></extra>",
+            name="patches",
+        )
+    )
+    if selected is not None:
+        r, c = divmod(int(selected), gw)
+        fig.add_shape(
+            type="rect",
+            x0=c * patch_size - 0.5,
+            x1=(c + 1) * patch_size - 0.5,
+            y0=r * patch_size - 0.5,
+            y1=(r + 1) * patch_size - 0.5,
+            line={"color": "#00E5FF", "width": 3},
+        )
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(
+        visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=1, constrain="domain"
+    )
+    fig.update_layout(width=width, height=width * h / w + 80, margin={"l": 10, "r": 10, "b": 10})
     return fig
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import types
 import typing
 from pathlib import Path
@@ -19,18 +20,19 @@ import yaml
 
 from workbench.errors import FamilyError, WorkbenchError
 
-PROBES: dict[str, str] = {"atlas": "probes.atlas"}
-"""Probe name -> module path. Later probes register here."""
-
 
 def probe_names() -> list[str]:
-    return list(PROBES)
+    """Every sub-package of ``probes`` is a probe, named after its folder."""
+    import probes
+
+    return sorted(m.name for m in pkgutil.iter_modules(probes.__path__) if m.ispkg)
 
 
 def get_probe(name: str) -> types.ModuleType:
-    if name not in PROBES:
-        raise WorkbenchError(f"unknown probe {name!r}; available: {', '.join(PROBES)}")
-    return importlib.import_module(PROBES[name])
+    names = probe_names()
+    if name not in names:
+        raise WorkbenchError(f"unknown probe {name!r}; available: {', '.join(names)}")
+    return importlib.import_module(f"probes.{name}")
 
 
 def presets_of(name: str) -> dict[str, Path]:

