@@ -27,7 +27,8 @@ def _inputs(lm):
 def test_sites_match_hidden_states_and_have_expected_shapes(scratch_models, kind):
     lm = load_model(scratch_models[kind])
     assert lm.n_layers == 2 and lm.d_model == 32
-    assert set(lm.site_names()) == {f"blocks.{i}.{k}" for i in range(2) for k in KINDS}
+    activation_sites = {n for n in lm.site_names() if not n.endswith((".input", ".output"))}
+    assert activation_sites == {f"blocks.{i}.{k}" for i in range(2) for k in KINDS}
     cache = capture(lm, _inputs(lm), lm.site_names(), batch_size=2, progress=False)
     batch = lm.encode_images(_inputs(lm)) if lm.is_vision else lm.encode_texts(_inputs(lm))
     with torch.no_grad():
@@ -146,3 +147,37 @@ def test_digest_tracks_weights_and_random_copy_differs(scratch_models):
     control = lm.random_init_copy(seed=1)
     assert control.digest() != lm.digest()
     assert control.sites == lm.sites
+
+
+@pytest.mark.parametrize("kind", SCRATCH_KINDS)
+def test_named_weights_are_the_matrices_the_forward_uses(scratch_models, kind):
+    """W_in / W_out (and W_Q, W_K where separate) reproduce the layer's output from its input."""
+    lm = load_model(scratch_models[kind])
+    roles = {n.split(".", 2)[2] for n in lm.weight_names()}
+    assert {"mlp.W_in", "mlp.W_out", "attn.W_O"} <= roles
+    if kind != "gpt_neox":  # NeoX interleaves heads in its fused projection
+        assert {"attn.W_Q", "attn.W_K", "attn.W_V"} <= roles
+    inputs = _inputs(lm)
+    names = ["blocks.1.mlp.W_out", "blocks.0.mlp.W_in"]
+    cache = capture(lm, inputs, [f"{n}.{s}" for n in names for s in ("input", "output")])
+    for name in names:
+        w = lm.weight(name)
+        bias = lm.model.get_submodule(lm.weights[name].module).bias
+        expected = cache[f"{name}.input"] @ w.detach().T
+        if bias is not None:
+            expected = expected + bias.detach()
+        torch.testing.assert_close(cache[f"{name}.output"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gpt2_fused_qkv_views_write_through(scratch_models):
+    lm = load_model(scratch_models["gpt2"])
+    d = lm.d_model
+    fused = lm.weight("blocks.0.attn.W_QKV")
+    assert fused.shape == (3 * d, d)
+    assert torch.equal(lm.weight("blocks.0.attn.W_K"), fused[d : 2 * d])
+    with torch.no_grad():
+        lm.weight("blocks.0.attn.W_K").zero_()
+    c_attn = lm.model.get_submodule(lm.weights["blocks.0.attn.W_K"].module).weight
+    assert torch.count_nonzero(c_attn[:, d : 2 * d]) == 0 and torch.count_nonzero(c_attn[:, :d])
+    with pytest.raises(SiteError, match="weight_names"):
+        lm.weight("blocks.0.mlp.W_up")

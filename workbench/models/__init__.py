@@ -1,6 +1,6 @@
 """Model loading: ``load_model(spec)`` returns a ``LoadedModel`` with named sites."""
 
-from workbench.models.loaded import FAMILIES, SITE_KINDS, LoadedModel, Site
+from workbench.models.loaded import FAMILIES, SITE_KINDS, LoadedModel, Site, Weight
 from workbench.models.loader import load_model, peek_family, resolve_spec
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "SITE_KINDS",
     "LoadedModel",
     "Site",
+    "Weight",
     "load_model",
     "peek_family",
     "resolve_spec",

@@ -52,6 +52,21 @@ class Site:
         return value
 
 
+@dataclass(frozen=True)
+class Weight:
+    """A weight matrix of a block, named like TransformerLens (``blocks.3.mlp.W_in``).
+
+    ``module`` holds it; ``transposed`` marks GPT-2's Conv1D, which stores (in, out) instead of
+    nn.Linear's (out, in); ``rows`` picks this matrix's output features out of a fused
+    projection (GPT-2's ``c_attn`` holds Q, K and V side by side).
+    """
+
+    name: str
+    module: str
+    transposed: bool = False
+    rows: tuple[int, int] | None = None
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A model in eval mode with its family, pre-processor and named sites.
@@ -75,6 +90,7 @@ class LoadedModel:
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     extra_forward_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Weight] = field(default_factory=dict)
     _digest: str | None = field(default=None, repr=False)
 
     # -- sites ---------------------------------------------------------------------------------
@@ -101,6 +117,30 @@ class LoadedModel:
         if kind not in SITE_KINDS:
             raise SiteError(f"unknown site kind {kind!r}; choose one of {', '.join(SITE_KINDS)}")
         return [f"blocks.{i}.{kind}" for i in range(self.n_layers)]
+
+    # -- weights -------------------------------------------------------------------------------
+    def weight(self, name: str) -> torch.Tensor:
+        """The (out, in) matrix ``name`` as a view of the parameter: edits write through."""
+        if name not in self.weights:
+            close = difflib.get_close_matches(name, list(self.weights), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise SiteError(
+                f"{self.spec} has no weight {name!r}.{hint} Weights look like "
+                "blocks.0.mlp.W_in; list them with model.weight_names()."
+            )
+        w = self.weights[name]
+        matrix = self.model.get_submodule(w.module).weight
+        matrix = matrix.T if w.transposed else matrix
+        if w.rows is not None:
+            matrix = matrix[w.rows[0] : w.rows[1]]
+        return matrix
+
+    def weight_names(self, pattern: str | None = None) -> list[str]:
+        """Weight names, optionally filtered by a regular expression (``r"mlp\\.W_"``)."""
+        names = list(self.weights)
+        if pattern is not None:
+            names = [n for n in names if re.search(pattern, n)]
+        return names
 
     # -- inputs --------------------------------------------------------------------------------
     @property
@@ -193,7 +233,8 @@ class LoadedModel:
         return self._digest
 
     def __repr__(self) -> str:
-        kinds = sorted({n.split(".", 2)[2] for n in self.sites if n.startswith("blocks.")})
+        per_block = [n.split(".", 2)[2] for n in self.sites if n.startswith("blocks.")]
+        kinds = sorted({k for k in per_block if not k.endswith((".input", ".output"))})
         lines = [
             f"LoadedModel({self.spec!r})",
             f"  family      {self.family} ({self.model_type}, backend {self.backend})",
@@ -206,6 +247,12 @@ class LoadedModel:
                 f"{self.n_prefix_tokens} prefix token(s)"
             )
         lines.append(f"  sites       blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(kinds)}}}")
+        roles = sorted({n.split(".", 2)[2] for n in self.weights})
+        if roles:
+            lines.append(
+                f"  weights     blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(roles)}}} "
+                "(each also a site NAME.input / NAME.output)"
+            )
         others = [n for n in self.sites if not n.startswith("blocks.")]
         if others:
             lines.append(f"              {', '.join(others)}")

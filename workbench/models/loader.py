@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from workbench.errors import FamilyError, ModelNotFoundError
-from workbench.models.loaded import LoadedModel, Site
+from workbench.models.loaded import LoadedModel, Site, Weight
 
 VISION_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae"}
 CAUSAL_TYPES = {"gpt2", "gpt_neox", "llama", "olmo", "olmo2", "mistral", "qwen2", "qwen3"}
@@ -176,6 +176,8 @@ def _load_hf(
 
     blocks_path, blocks = _find_blocks(model)
     sites = _block_sites(blocks_path, blocks)
+    weights = _block_weights(blocks_path, blocks)
+    sites.update(_weight_sites(weights))
     cfg = model.config
     loaded = LoadedModel(
         spec=spec,
@@ -187,6 +189,7 @@ def _load_hf(
         d_model=int(getattr(cfg, "hidden_size", None) or cfg.n_embd),
         model_type=model_type,
         source=folder,
+        weights=weights,
     )
     if family == "vit":
         _add_vision_info(loaded, folder, cfg)
@@ -239,6 +242,70 @@ def _block_sites(blocks_path: str, blocks: nn.ModuleList) -> dict[str, Site]:
                 Site(f"blocks.{i}.mlp.out", f"{b}.mlp", "output"),
             ]
         sites.update({s.name: s for s in entries})
+    return sites
+
+
+# Where each family keeps its block matrices, relative to a block: (role, path, layout).
+# "conv1d" is GPT-2's transposed layout; "qkv" is a fused Q/K/V projection.
+_WEIGHT_PATHS = (
+    ("attn.W_Q", ("attention.q_proj", "self_attn.q_proj", "attention.self.query"), "linear"),
+    ("attn.W_K", ("attention.k_proj", "self_attn.k_proj", "attention.self.key"), "linear"),
+    ("attn.W_V", ("attention.v_proj", "self_attn.v_proj", "attention.self.value"), "linear"),
+    ("attn.W_QKV", ("attn.c_attn",), "conv1d-qkv"),
+    ("attn.W_QKV", ("attention.query_key_value",), "linear"),
+    (
+        "attn.W_O",
+        ("attention.o_proj", "self_attn.o_proj", "self_attn.out_proj", "attention.output.dense"),
+        "linear",
+    ),
+    ("attn.W_O", ("attention.dense",), "linear"),
+    ("attn.W_O", ("attn.c_proj",), "conv1d"),
+    ("mlp.W_gate", ("mlp.gate_proj",), "linear"),
+    (
+        "mlp.W_in",
+        ("mlp.fc1", "mlp.up_proj", "mlp.dense_h_to_4h", "intermediate.dense"),
+        "linear",
+    ),
+    ("mlp.W_in", ("mlp.c_fc",), "conv1d"),
+    ("mlp.W_out", ("mlp.fc2", "mlp.down_proj", "mlp.dense_4h_to_h", "output.dense"), "linear"),
+    ("mlp.W_out", ("mlp.c_proj",), "conv1d"),
+)
+
+
+def _block_weights(blocks_path: str, blocks: nn.ModuleList) -> dict[str, Weight]:
+    """Name every block's attention and MLP matrices, whatever the family calls them.
+
+    GPT-2's fused ``c_attn`` is also split into W_Q, W_K, W_V views; GPT-NeoX interleaves heads
+    inside its fused projection, so it only has W_QKV.
+    """
+    block = blocks[0]
+    found: dict[str, tuple[str, str]] = {}
+    for role, paths, layout in _WEIGHT_PATHS:
+        for path in paths:
+            if role not in found and _has(block, path):
+                found[role] = (path, layout)
+    weights: dict[str, Weight] = {}
+    for i in range(len(blocks)):
+        prefix = f"blocks.{i}"
+        for role, (path, layout) in found.items():
+            module = f"{blocks_path}.{i}.{path}"
+            name = f"{prefix}.{role}"
+            weights[name] = Weight(name, module, transposed=layout.startswith("conv1d"))
+            if layout == "conv1d-qkv":
+                d = blocks[i].get_submodule(path).weight.shape[1] // 3
+                for k, part in enumerate(("W_Q", "W_K", "W_V")):
+                    sub = f"{prefix}.attn.{part}"
+                    weights[sub] = Weight(sub, module, transposed=True, rows=(k * d, (k + 1) * d))
+    return weights
+
+
+def _weight_sites(weights: dict[str, Weight]) -> dict[str, Site]:
+    """``NAME.input`` and ``NAME.output`` sites around each whole matrix (for K-FAC and friends)."""
+    sites: dict[str, Site] = {}
+    for w in weights.values():
+        if w.rows is None:
+            sites[f"{w.name}.input"] = Site(f"{w.name}.input", w.module, "input")
+            sites[f"{w.name}.output"] = Site(f"{w.name}.output", w.module, "output")
     return sites
 
 
