@@ -147,3 +147,36 @@ def test_bad_names_and_formats_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"go\.Figure"):
         export_figures({"ok": fig.to_dict()}, tmp_path, formats=("html",))  # type: ignore[dict-item]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_figure_writes_each_format_in_one_call(tmp_path: Path) -> None:
+    fig = new_figure(title="one call")
+    fig.add_bar(x=["a", "b"], y=[1, 2])
+    paths = figures.save_figure(fig, tmp_path / "paper" / "fig2.png")
+    names = sorted(p.name for p in paths)
+    assert names == ["fig2.html", "fig2.json", "fig2.png", "fig2.svg"]
+    assert (tmp_path / "paper" / "fig2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ET.parse(tmp_path / "paper" / "fig2.svg").getroot().tag.endswith("svg")
+    assert (tmp_path / "paper" / "plotly.min.js").is_file()
+
+
+def test_cli_export_writes_the_asked_figures_and_formats(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+    from workbench.results import ProbeResult
+
+    figs = {}
+    for name in ("first", "second"):
+        figs[name] = new_figure(title=name)
+        figs[name].add_scatter(x=[0, 1], y=[1, 0])
+    ProbeResult("demo", {"m": 1.0}, {}, figs, {"model_spec": "x"}).save(
+        tmp_path / "run", formats=("html",)
+    )
+    runner = CliRunner()
+    args = ["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    ok = runner.invoke(app, [*args, "--figure", "second", "--format", "svg"])
+    assert ok.exit_code == 0, ok.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["second.json", "second.svg"]
+    bad = runner.invoke(app, [*args, "--figure", "third"])
+    assert bad.exit_code == 2 and "first, second" in bad.output

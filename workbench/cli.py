@@ -131,6 +131,38 @@ def report(
         _fail(err)
 
 
+@app.command()
+def export(
+    result: Annotated[Path, typer.Argument(help="a result folder (holds result.json)")],
+    out: Annotated[Path, typer.Option(help="folder to write the figure files into")],
+    figure: Annotated[list[str] | None, typer.Option(help="only these figures")] = None,
+    fmt: Annotated[
+        list[str] | None, typer.Option("--format", help="html, png, svg or pdf (repeatable)")
+    ] = None,
+) -> None:
+    """Export a saved result's figures (HTML, PNG, SVG by default) into OUT."""
+    from workbench.figures import DEFAULT_FORMATS, export_figures
+    from workbench.results import ProbeResult
+
+    try:
+        loaded = ProbeResult.load(result)
+        names = figure or list(loaded.figures)
+        unknown = [n for n in names if n not in loaded.figures]
+        if unknown:
+            raise WorkbenchError(
+                f"{result} has no figure {', '.join(unknown)}; it has {', '.join(loaded.figures)}"
+            )
+        written = export_figures(
+            {n: loaded.figures[n] for n in names}, out, tuple(fmt or DEFAULT_FORMATS)
+        )
+    except WorkbenchError as err:
+        _fail(err)
+    for paths in written.values():
+        for path in paths:
+            if path.suffix != ".json":
+                typer.echo(str(path))
+
+
 @zoo_app.command("list")
 def zoo_list() -> None:
     """Embedded models, their family, and whether they are built."""

@@ -406,6 +406,20 @@ def export_figures(
     return written
 
 
+def save_figure(
+    fig: go.Figure, path: str | Path, formats: Iterable[str] = DEFAULT_FORMATS
+) -> list[Path]:
+    """Export one figure in one call: ``save_figure(fig, "paper/fig2")`` writes fig2.html,
+    fig2.png and fig2.svg (plus fig2.json and the shared plotly.min.js) into ``paper/``.
+
+    A suffix such as ``.png`` on ``path`` is dropped: ``formats`` decides what is written.
+    """
+    path = Path(path)
+    if path.suffix.lower().lstrip(".") in (*FORMATS, "json"):
+        path = path.with_suffix("")
+    return export_figures({path.name: fig}, path.parent, formats)[path.name]
+
+
 def _render_static(jobs: list[dict[str, Any]], browser: str) -> None:
     """Render all jobs in one kaleido session on ``browser``.
 
