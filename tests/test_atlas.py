@@ -151,6 +151,7 @@ def test_widget_controls_update_the_figure(minilm_result):
     explorer.layer.value = 5
     assert np.allclose(xs(), np.sort(pca[5][:, 0]))
     assert "block 4" in explorer.figure.layout.title.text
+    assert explorer.view.outputs  # the new map is what the view displays
     explorer.colour_by.value = "template"
     assert {t.name for t in explorer.figure.data} == set(
         minilm_result.arrays["colour_template"].tolist()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
 from workbench.errors import DataError
 from workbench.figures import image_overlay, token_heatmap
-from workbench.widgets import PatchPicker
+from workbench.widgets import FigureView, PatchPicker, TokenPicker
+from workbench.widgets.figure_view import PLOTLY_MIMETYPE, mimebundle
 
 
 def test_token_heatmap_keeps_repeated_tokens_apart():
@@ -40,8 +43,40 @@ def test_patch_picker_selects_and_redraws():
     picker = PatchPicker(np.zeros((16, 16, 3), np.uint8), 8, on_select=chosen.append)
     picker.select(3)
     picker.show(np.array([0.0, 1.0, 2.0, 3.0]), title="scores")
-    assert chosen == [3]
+    picker.select(3)  # selecting the same patch again asks again
+    assert chosen == [3, 3] and picker.selected == 3
     assert picker.overlay_scores().tolist() == [[0.0, 1.0], [2.0, 3.0]]
-    assert len(picker.figure.layout.shapes) == 1  # the selected patch is outlined
+    assert (picker.zmin, picker.zmax) == (0.0, 3.0)
+    assert picker.image_src.startswith("data:image/png;base64,")  # no request to draw it
+    picker.selected = 1  # what a click in the browser does
+    assert chosen[-1] == 1
     with pytest.raises(IndexError):
         picker.select(4)
+    with pytest.raises(DataError, match="2x2"):
+        picker.show(np.zeros(5))
+
+
+def test_token_picker_reports_hover_and_click_and_shades():
+    hovered, chosen = [], []
+    picker = TokenPicker(["the", "cat", "the"], on_hover=hovered.append, on_select=chosen.append)
+    picker.hovered = 2  # what the browser sets on mouse-over
+    picker.select(0)
+    picker.shade([0.1, 0.5, 0.9])
+    assert hovered == [2] and chosen == [0] and picker.weights == [0.1, 0.5, 0.9]
+    with pytest.raises(DataError):
+        picker.shade([1.0])
+
+
+def test_figure_view_shows_the_figure_it_was_given():
+    first = token_heatmap(np.eye(2), ["a", "b"], ["c", "d"], title="first")
+    view = FigureView(first)
+    second = token_heatmap(np.ones((2, 2)), ["a", "b"], ["c", "d"], title="second")
+    view.show(second)
+    assert view.figure is second
+    assert len(view.outputs) == 1  # replaced, not appended
+    shown = view.outputs[0]["data"][PLOTLY_MIMETYPE]
+    assert shown["config"]["displaylogo"] is False
+    assert shown["layout"]["title"]["text"] == "second"
+    z = shown["data"][0]["z"]  # plotly.js's typed-array encoding of a numpy array
+    assert np.array_equal(np.frombuffer(base64.b64decode(z["bdata"]), z["dtype"]), np.ones(4))
+    assert mimebundle(second)["text/plain"] == "<plotly figure: second>"

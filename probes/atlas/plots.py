@@ -54,6 +54,8 @@ def scatter_traces(
         ]
     if colour_by == "label":
         categories = [c for c in result.arrays["label_names"].tolist() if c in set(categories)]
+    else:
+        categories = sorted(categories, key=_natural_key)
     traces = []
     for k, category in enumerate(categories):
         mask = values == category
@@ -71,6 +73,13 @@ def scatter_traces(
             )
         )
     return traces
+
+
+def _natural_key(text: str) -> tuple:
+    """Sort "2" before "10" and numbers before words."""
+    return (
+        (0, float(text), "") if text.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, text)
+    )
 
 
 def decodability_figure(result: ProbeResult) -> go.Figure:

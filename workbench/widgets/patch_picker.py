@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 from collections.abc import Callable
+from pathlib import Path
 
-import ipywidgets as widgets
+import anywidget
 import numpy as np
-import plotly.graph_objects as go
+import traitlets
+from PIL import Image
 
-from workbench.figures import image_overlay
+from workbench.errors import DataError
+
+COLORSCALES = ("Inferno", "Viridis", "Turbo", "RdBu_r")
 
 
-class PatchPicker(widgets.VBox):
-    """Show ``image`` with a score per patch; a click (or ``select(i)``) calls ``on_select(i)``.
+def png_data_url(image: np.ndarray) -> str:
+    """An (H, W, 3) uint8 image as a ``data:`` URL the browser draws without any request."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class PatchPicker(anywidget.AnyWidget):
+    """Show ``image`` with one score per patch; a click (or ``select(i)``) calls ``on_select(i)``.
 
     The caller decides what a selection means: it typically computes new scores for the chosen
-    patch and hands them back through ``show``.
+    patch and hands them back through ``show``. Drawn by a few lines of canvas code, so it
+    renders at once and offline.
     """
+
+    _esm = Path(__file__).parent / "js" / "patch_picker.js"
+    image_src = traitlets.Unicode("").tag(sync=True)
+    grid = traitlets.List(traitlets.Int(), default_value=[1, 1]).tag(sync=True)
+    scores = traitlets.List(traitlets.Float(), allow_none=True, default_value=None).tag(sync=True)
+    zmin = traitlets.Float(0.0).tag(sync=True)
+    zmax = traitlets.Float(1.0).tag(sync=True)
+    colorscale = traitlets.Unicode("Inferno").tag(sync=True)
+    colorbar_title = traitlets.Unicode("").tag(sync=True)
+    opacity = traitlets.Float(0.6).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    selected = traitlets.Int(-1).tag(sync=True)
+    width = traitlets.Int(420).tag(sync=True)
 
     def __init__(
         self,
@@ -27,28 +55,23 @@ class PatchPicker(widgets.VBox):
         title: str = "click a patch",
         width: int = 420,
     ) -> None:
-        self.image = np.asarray(image)
+        super().__init__(title=title, width=width)
         self.patch_size = patch_size
         self.on_select = on_select
-        self.selected: int | None = None
-        self._width = width
-        self.figure = go.FigureWidget(image_overlay(self.image, None, patch_size, width=width))
-        self.figure.layout.title = title
-        self._attach_click()
-        super().__init__([self.figure])
+        self._set_image(image)
+        self.observe(self._selected_changed, names="selected")
 
     @property
     def n_patches(self) -> int:
-        h, w = self.image.shape[:2]
-        return (h // self.patch_size) * (w // self.patch_size)
+        return self.grid[0] * self.grid[1]
 
     def select(self, index: int) -> None:
-        """Select patch ``index`` (row-major), as a click on it would."""
+        """Select patch ``index`` (row-major), as a click on it does."""
         if not 0 <= index < self.n_patches:
             raise IndexError(f"patch {index} is outside 0..{self.n_patches - 1}")
+        if index == self.selected:
+            self._selected_changed({"new": index})
         self.selected = int(index)
-        if self.on_select is not None:
-            self.on_select(self.selected)
 
     def show(
         self,
@@ -61,41 +84,43 @@ class PatchPicker(widgets.VBox):
         colorscale: str = "Inferno",
         colorbar_title: str = "",
     ) -> None:
-        """Replace the overlay (and optionally the image) in place."""
+        """Replace the overlay (and optionally the image)."""
+        if colorscale not in COLORSCALES:
+            raise DataError(f"colorscale must be one of {', '.join(COLORSCALES)}")
         if image is not None:
-            self.image = np.asarray(image)
-        fresh = image_overlay(
-            self.image,
-            scores,
-            self.patch_size,
-            title=title,
-            zmin=zmin,
-            zmax=zmax,
-            colorscale=colorscale,
-            selected=self.selected,
-            colorbar_title=colorbar_title,
-            width=self._width,
-        )
-        with self.figure.batch_update():
-            self.figure.data[0].z = fresh.data[0].z
-            heat = self.figure.data[1]
-            for key in ("z", "zmin", "zmax", "opacity", "showscale", "colorscale", "colorbar"):
-                setattr(heat, key, fresh.data[1][key])
-            self.figure.layout.shapes = fresh.layout.shapes
-            self.figure.layout.title = fresh.layout.title
+            self._set_image(image)
+        with self.hold_sync():
+            if scores is None:
+                self.scores = None
+            else:
+                flat = np.asarray(scores, dtype=float).ravel()
+                if flat.size != self.n_patches:
+                    raise DataError(f"{flat.size} scores for a {self.grid[0]}x{self.grid[1]} grid")
+                finite = flat[np.isfinite(flat)]
+                lo = float(finite.min()) if zmin is None and finite.size else (zmin or 0.0)
+                hi = float(finite.max()) if zmax is None and finite.size else (zmax or 1.0)
+                self.zmin, self.zmax = lo, hi if hi > lo else lo + 1.0
+                self.scores = [float(v) if math.isfinite(v) else lo for v in flat]
+            self.colorscale = colorscale
+            self.colorbar_title = colorbar_title
+            self.title = title
 
     def overlay_scores(self) -> np.ndarray:
         """The scores currently drawn, as a (grid_h, grid_w) array (for tests and export)."""
-        return np.asarray(self.figure.data[1].z, dtype=float)
+        if self.scores is None:
+            return np.zeros(tuple(self.grid))
+        return np.asarray(self.scores, dtype=float).reshape(tuple(self.grid))
 
-    def _attach_click(self) -> None:
-        def clicked(_trace, points, _state) -> None:
-            if points.point_inds:
-                point = points.point_inds[0]  # heatmaps report [row, col]
-                gw = self.image.shape[1] // self.patch_size
-                if isinstance(point, list | tuple):
-                    self.select(int(point[0]) * gw + int(point[1]))
-                else:
-                    self.select(int(point))
+    def _set_image(self, image: np.ndarray) -> None:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise DataError(f"image must be (H, W, 3); got {image.shape}")
+        h, w = image.shape[:2]
+        if h % self.patch_size or w % self.patch_size:
+            raise DataError(f"image {h}x{w} is not a whole number of {self.patch_size}-px patches")
+        self.grid = [h // self.patch_size, w // self.patch_size]
+        self.image_src = png_data_url(image)
 
-        self.figure.data[1].on_click(clicked)
+    def _selected_changed(self, change: dict) -> None:
+        if self.on_select is not None and change["new"] >= 0:
+            self.on_select(int(change["new"]))
