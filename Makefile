@@ -17,7 +17,7 @@ test: setup
 
 ## JupyterLab on the notebooks.
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 ## Benchmarks: each prints ratios against a reference measured in the same run.
 bench: setup

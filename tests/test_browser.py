@@ -1,0 +1,345 @@
+"""The workbench in a real JupyterLab, driven by headless Chromium (Debian's, via Playwright).
+
+A JupyterLab server from the project's environment serves copies of the notebooks on loopback.
+The browser opens them, runs every cell, and checks what a researcher would see: widgets render
+as live views (not their text fallbacks), moving a control changes the figure, no JavaScript
+error is logged, and no request leaves the machine. Screenshots land in ``build/browser/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+ARTIFACTS = ROOT / "build" / "browser"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+RUN_TIMEOUT_S = 600
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (make setup)"),
+]
+
+
+# -- the server --------------------------------------------------------------------------------
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _lab_settings(settings: Path) -> None:
+    """Every cell in the DOM (no windowing), and no news or update checks (they go online)."""
+    files = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+    }
+    for name, value in files.items():
+        path = settings / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+def _quick_copy(source: Path, target: Path) -> None:
+    """Copy a notebook, with its parameters cell set to the quick preset where it has one."""
+    nb = nbformat.read(source, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []) and re.search(
+            r"^preset\s*=", cell.source, re.M
+        ):
+            cell.source += '\npreset = "quick"'
+    nbformat.write(nb, target)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    home = tmp_path_factory.mktemp("lab")
+    root = home / "notebooks"
+    root.mkdir()
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        _quick_copy(path, root / path.name)
+    _lab_settings(home / "settings")
+    port, token = _free_port(), "workbench-browser-test"
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        f"--LabApp.user_settings_dir={home / 'settings'}",
+        f"--LabApp.workspaces_dir={home / 'workspaces'}",
+        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=",
+        "--LabApp.extension_manager=readonly",
+    ]
+    if os.geteuid() == 0:  # containers and CI run as root
+        cmd.append("--allow-root")
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed in teardown
+    server = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(
+                        f"JupyterLab did not start:\n{(home / 'server.log').read_text()}"
+                    ) from None
+                time.sleep(0.5)
+        yield Lab(url, token, root)
+    finally:  # the server and every kernel it started share one process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+# -- the browser -------------------------------------------------------------------------------
+@dataclass
+class Watch:
+    """What the page did that a test must see: console errors and requests to other hosts."""
+
+    errors: list[str] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page whose every request to a non-loopback host is refused and recorded."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    watch = Watch()
+
+    def route(r) -> None:
+        host = urlparse(r.request.url).hostname
+        if r.request.url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
+            r.continue_()
+        else:
+            watch.remote.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    pg = context.new_page()
+    pg.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: watch.errors.append(f"page error: {e}"))
+    pg.on(
+        "websocket",
+        lambda ws: (
+            None if urlparse(ws.url).hostname in LOCAL_HOSTS else watch.remote.append(ws.url)
+        ),
+    )
+    pg.watch = watch
+    yield pg
+    context.close()
+
+
+NOTEBOOK_STATE = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  if (!panel || !panel.content || !panel.content.model || !panel.sessionContext) return null;
+  const cells = Array.from(panel.content.model.cells).filter(c => c.type === 'code');
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  const failed = cells.filter(c => c.outputs.toJSON().some(o => o.output_type === 'error'));
+  return {
+    status: kernel ? kernel.status : 'none',
+    total: cells.length,
+    done: cells.filter(c => c.executionCount !== null).length,
+    errors: failed.map(c => c.outputs.toJSON().filter(o => o.output_type === 'error')
+                              .map(o => o.ename + ': ' + o.evalue).join('; ')),
+  };
+}"""
+
+
+def run_notebook(page, lab: Lab, name: str) -> None:
+    """Open ``name``, wait for its kernel, run all cells, and wait for the last one."""
+    # A workspace of its own (reset), so no tab from an earlier test is restored beside it.
+    workspace = re.sub(r"\W", "-", name)
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab.token}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+    page.wait_for_function(
+        f"() => {{ const s = ({NOTEBOOK_STATE})(); return s && s.status === 'idle'; }}",
+        timeout=120_000,
+    )
+    page.locator(".jp-NotebookPanel .jp-Cell").first.click()  # make it the active notebook
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    deadline = time.time() + RUN_TIMEOUT_S
+    while True:
+        state = page.evaluate(NOTEBOOK_STATE)
+        assert not state["errors"], f"{name} raised in the browser: {state['errors']}"
+        if state["done"] == state["total"] and state["status"] == "idle":
+            break
+        assert time.time() < deadline, f"{name} did not finish in {RUN_TIMEOUT_S} s: {state}"
+        time.sleep(1)
+    page.wait_for_timeout(1500)  # let widget views and plots finish rendering
+
+
+def assert_live_widgets(page, name: str) -> None:
+    """Widget outputs render as widget views, not as their text/plain fallback."""
+    views = page.locator(".jp-OutputArea-output .jupyter-widgets")
+    assert views.count() > 0, f"{name}: no widget view rendered"
+    text = page.locator(".jp-NotebookPanel").inner_text()
+    for fallback in ("(children=(", "Error displaying widget", "Loading widget..."):
+        assert fallback not in text, f"{name}: a widget shows {fallback!r} instead of a view"
+
+
+def assert_clean(page, name: str) -> None:
+    watch = page.watch
+    assert not watch.remote, f"{name}: requests left the machine: {watch.remote[:5]}"
+    assert not watch.errors, f"{name}: JavaScript errors: {watch.errors[:5]}"
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png")
+
+
+# -- controls: move one, see the figure change -------------------------------------------------
+LEGEND_JS = "el => Array.from(el.querySelectorAll('.legendtext')).map(e => e.textContent)"
+
+
+LEGEND_JS = "el => Array.from(el.querySelectorAll('.legendtext')).map(e => e.textContent)"
+
+
+def change_atlas_explorer(page) -> tuple[list[str], list[str]]:
+    """Colour the atlas map by another annotation: the legend entries change."""
+    explorer = page.locator(".widget-vbox").filter(has=page.locator(".widget-dropdown")).last
+    explorer.scroll_into_view_if_needed()
+    handle = explorer.element_handle()
+    page.wait_for_function(f"el => ({LEGEND_JS})(el).length > 0", arg=handle, timeout=30_000)
+    before = handle.evaluate(LEGEND_JS)
+    explorer.locator(".widget-dropdown select").select_option(label="patch_row")
+    page.wait_for_function(
+        f"([el, old]) => {{ const now = ({LEGEND_JS})(el); "
+        "return now.length > 0 && now.join('|') !== old; }",
+        arg=[handle, "|".join(before)],
+        timeout=30_000,
+    )
+    return before, handle.evaluate(LEGEND_JS)
+
+
+CONTROLS: dict[str, Callable] = {
+    "00_tour.ipynb": change_atlas_explorer,
+    "atlas.ipynb": change_atlas_explorer,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_notebook_runs_in_jupyterlab_with_live_widgets(lab, page, name):
+    run_notebook(page, lab, name)
+    assert_live_widgets(page, name)
+    assert page.locator(".jp-OutputArea-output .js-plotly-plot").count() > 0
+    before, after = CONTROLS[name](page)
+    screenshot(page, name.removesuffix(".ipynb"))
+    assert before and after and before != after, f"{name}: the figure did not change"
+    assert_clean(page, name)
+
+
+# -- the report --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def report_site(tmp_path_factory: pytest.TempPathFactory, scratch_models) -> Iterator[str]:
+    """Two atlas results and their report, served over loopback like any static site."""
+    import functools
+    import http.server
+    import threading
+
+    from workbench.report import build_report
+    from workbench.runner import execute, plan_run
+
+    root = tmp_path_factory.mktemp("report")
+    quick = {"n_inputs": "24", "max_points": "200"}
+    for kind in ("bert", "vit"):
+        plan = plan_run(
+            "atlas", str(scratch_models[kind]), out=root / kind, preset="quick", params=quick
+        )
+        execute(plan, notebook=False)
+    build_report(root)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_report_opens_offline_with_every_figure_drawn(report_site, page):
+    page.goto(f"{report_site}/index.html")
+    cards = page.locator("figure.card")
+    n = cards.count()
+    assert n == 4  # decodability + PCA maps, for each of the two results
+    for i in range(n):  # figures are drawn as they scroll into view
+        cards.nth(i).scroll_into_view_if_needed()
+        cards.nth(i).locator(".js-plotly-plot").wait_for(timeout=30_000)
+    assert page.locator("figure.card .js-plotly-plot").count() == n
+    links = page.locator("nav.toc a")
+    assert links.count() >= 2
+    target = links.last.get_attribute("href")
+    links.last.click()
+    assert page.evaluate("() => window.location.hash") == target
+    screenshot(page, "report")
+    assert_clean(page, "report")
