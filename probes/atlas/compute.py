@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from workbench.errors import DataError
 
@@ -62,12 +63,13 @@ def probe_accuracy(
 ) -> Decodability:
     """Held-out accuracy of a standardised multinomial logistic-regression probe."""
     scores = []
-    for train, test in splits:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300, tol=1e-3))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+    # One BLAS thread: these fits are small, and spare threads spin (5-10x slower on a busy CPU).
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for train, test in splits:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300, tol=1e-3))
             clf.fit(x[train], y[train])
-        scores.append(float((clf.predict(x[test]) == y[test]).mean()))
+            scores.append(float((clf.predict(x[test]) == y[test]).mean()))
     return Decodability(float(np.mean(scores)), float(np.std(scores)), tuple(scores))
 
 
@@ -84,7 +86,8 @@ def project_2d(x: np.ndarray, method: str, *, seed: int = 0, n_neighbors: int = 
     """A 2-D map of ``x`` (standardised) by PCA or UMAP, as float32."""
     z = StandardScaler().fit_transform(x)
     if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)
+        with threadpool_limits(limits=1):
+            return PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)
     if method == "umap":
         import umap
 
