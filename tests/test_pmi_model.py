@@ -273,3 +273,23 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         expected = model.half().float()(enc["input_ids"], enc["attention_mask"]).logits
     assert torch.allclose(lm(**enc).logits, expected, atol=1e-5)
+
+
+def test_reference_consolidation_vanishes_after_an_untrained_layernorm():
+    """The reference einsum scales each WM row by its LTM row's sum; rows leaving a LayerNorm
+    with unit gain and zero bias sum to zero, so from step 1 on it adds nothing at init. The
+    outer-product association does not have this blind spot."""
+    torch.manual_seed(0)
+    ids, mask = _batch(_cfg())
+    deltas = {}
+    for mode in pmi.CONSOLIDATIONS:
+        cfg = _cfg(consolidation=mode)
+        lm = pmi.LoadedModel(
+            "t", "pmi", build_model(cfg).eval(), None, pmi.site_map(cfg), 3, 16, "pmi"
+        )
+        sites = [f"steps.{t}.consolidation.delta" for t in range(3)]
+        cache = capture(lm, {"input_ids": ids, "attention_mask": mask}, sites, progress=False)
+        deltas[mode] = [cache[s].abs().max().item() for s in sites]
+    assert deltas["rowsum_scaled_wm"][0] > 1e-2  # the learned initial LTM is not normalised
+    assert max(deltas["rowsum_scaled_wm"][1:]) < 1e-4
+    assert min(deltas["outer_product"]) > 1e-2

@@ -224,3 +224,29 @@ def test_widget_follows_its_controls_and_hover(result):
     assert "step 0" in explorer.info.value
     with pytest.raises(IndexError):
         explorer.describe_token(t_1)
+
+
+@pytest.mark.parametrize("name", ["pmi-stories", "pmi-stories-control"])
+def test_zoo_checkpoints_match_their_recipes(name):
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    from workbench.zoo import ZOO, zoo_path
+    from workbench.zoo.pmi_stories import encode_stories
+
+    folder = zoo_path(name)
+    weights = folder / "model.safetensors"
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert weights.stat().st_size <= 5 * 2**20
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == recipe["model_sha256"]
+    assert recipe["seed"] == ZOO[name].seed and recipe["recipe"] == ZOO[name].recipe
+    with safe_open(weights, "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+    # the saved tokenizer gives exactly the ids the recipe trained on
+    lm = load_model(f"zoo:{name}")
+    stories = make_stories(20, seed=7)
+    ids, mask = encode_stories(stories)
+    enc = lm.encode_texts([s.text for s in stories])
+    assert torch.equal(enc["input_ids"], ids) and torch.equal(enc["attention_mask"], mask)

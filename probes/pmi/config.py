@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Config:
-    n_stories: int = 300
+    n_stories: int = 240
     """Held-out stories to run (the tasks take turns); accuracy, ablations and maps use them."""
     tasks: tuple[str, ...] = ("one_fact", "two_facts", "counting")
     """Story tasks from ``workbench.data.stories``: one_fact, two_facts, counting."""
@@ -22,7 +22,7 @@ class Config:
     """Also measure accuracy with the LTM read, the correction or the WM read zeroed."""
     slot_map: str = "umap"
     """Map of working-memory slot states: ``umap``, ``pca``, or ``none``."""
-    max_map_points: int = 2400
+    max_map_points: int = 2000
     """Slot states (story x step x slot) kept for the map, a seeded random subset."""
     umap_neighbors: int = 15
     batch_size: int = 64

@@ -126,11 +126,16 @@ def run(
     cfg = model.model.config
     n_steps = cfg.n_steps
 
-    sites = ["memory.wm_init", "memory.ltm_init"]
+    sites = ["logits", "memory.wm_init", "memory.ltm_init"]
     sites += [f"steps.{t}.{s}" for t in range(n_steps) for s in STEP_SITES]
     truth = np.array([ANSWERS.index(s.answer) for s in stories])
     tasks = [s.task for s in stories]
-    pred = predict(model, batch, config.batch_size)
+    cache = capture(model, batch, sites, batch_size=config.batch_size)
+    try:
+        pred = cache["logits"].argmax(-1).numpy()
+        per_story = _per_story(cache, stories, n_steps)
+    finally:
+        cache.close()
     accuracy = compute.accuracy_by_task(pred, truth, tasks)
     metrics: dict[str, Any] = {"accuracy": accuracy["all"]}
     arrays: dict[str, np.ndarray] = {}
@@ -175,11 +180,6 @@ def run(
         arrays["ablation_accuracy"] = np.array([accuracy["all"], *values])
         metrics["ablation_accuracy"] = dict(zip(names, (round(v, 4) for v in values), strict=True))
 
-    cache = capture(model, batch, sites, batch_size=config.batch_size)
-    try:
-        per_story = _per_story(cache, stories, n_steps)
-    finally:
-        cache.close()
     arrays |= _dataset_arrays(per_story, stories, n_steps)
     k = config.n_examples
     arrays |= _example_arrays(per_story[:k], stories[:k], pred, n_steps)
@@ -432,8 +432,8 @@ def _summary_metrics(arrays: dict[str, np.ndarray], config: Config) -> dict[str,
 
 def _summary(spec: str, m: dict[str, Any]) -> str:
     text = (
-        f"On {len(TASKS) if m['n_stories'] else 0} bAbI-style tasks ({m['n_stories']} held-out "
-        f"stories), {spec} answers {m['accuracy']:.1%} correctly (majority-answer chance "
+        f"On {m['n_stories']} held-out bAbI-style stories ({', '.join(m['accuracy_by_task'])}), "
+        f"{spec} answers {m['accuracy']:.1%} correctly (majority-answer chance "
         f"{m['chance_majority']:.1%}, uniform guessing {m['chance_uniform']:.1%})"
     )
     if "control_accuracy" in m:
@@ -445,7 +445,23 @@ def _summary(spec: str, m: dict[str, Any]) -> str:
         f"{m['support_write_ratio'][-1]:.2f}x the write attention of an average fact at the last "
         "step."
     )
+    if "map_purity_entity" in m:
+        text += (
+            f" Slot states group by the entity they hold (neighbour purity "
+            f"{m['map_purity_entity']:.2f} vs {m['map_purity_entity_chance']:.2f} by chance) "
+            f"more than by slot index ({m['map_purity_slot']:.2f} vs "
+            f"{m['map_purity_slot_chance']:.2f})."
+            if m["map_purity_entity"] - m["map_purity_entity_chance"]
+            > m["map_purity_slot"] - m["map_purity_slot_chance"]
+            else f" Slot states group by slot index (neighbour purity {m['map_purity_slot']:.2f}"
+            f" vs {m['map_purity_slot_chance']:.2f} by chance) more than by the entity they hold "
+            f"({m['map_purity_entity']:.2f} vs {m['map_purity_entity_chance']:.2f})."
+        )
     if "ablation_accuracy" in m:
         parts = [f"{k}: {v:.1%}" for k, v in m["ablation_accuracy"].items()]
-        text += " Accuracy with a read path removed: " + "; ".join(parts) + "."
+        text += " Accuracy with a read path zeroed at every step: " + "; ".join(parts)
+        unused = [k for k, v in m["ablation_accuracy"].items() if abs(v - m["accuracy"]) < 0.02]
+        if unused:
+            text += f" (within 2 points of intact for {', '.join(unused)})"
+        text += "."
     return text

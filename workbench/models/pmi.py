@@ -428,6 +428,7 @@ class _Classifier(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.n_answers)
         self.readout_point = HookPoint()
+        self.logits_point = HookPoint()
 
     def block(self, t: int) -> Block:
         return self.blocks[0 if self.config.share_layers else t]
@@ -456,7 +457,7 @@ class _Classifier(nn.Module):
     def _readout(self, x: torch.Tensor, mask: torch.Tensor) -> PMIOutput:
         last = mask.long().cumsum(1).argmax(1)  # index of the last real token
         readout = self.readout_point(self.final_norm(x[torch.arange(x.shape[0]), last]))
-        return PMIOutput(logits=self.head(readout), readout=readout)
+        return PMIOutput(logits=self.logits_point(self.head(readout)), readout=readout)
 
 
 class PMITransformer(_Classifier):
@@ -537,6 +538,7 @@ def site_map(config: PMIConfig) -> dict[str, Site]:
         for kind in kinds:
             sites[f"blocks.{t}.{kind}"] = Site(f"blocks.{t}.{kind}", f"points.{t}.{_key(kind)}")
     sites["readout"] = Site("readout", "readout_point")
+    sites["logits"] = Site("logits", "logits_point")
     return sites
 
 
