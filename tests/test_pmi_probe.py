@@ -86,6 +86,13 @@ def test_label_purity_finds_planted_clusters():
     assert compute.label_purity(labels, xy) > 0.95
     assert compute.label_purity_chance(labels) == pytest.approx(1 / 3)
     assert compute.label_purity(g.permutation(labels), xy) < 0.5
+    # each story's states sit together and share one label: without groups that looks like
+    # label structure, skipping same-story neighbours shows there is none across stories
+    stories = np.repeat(np.arange(30), 5)
+    story_labels = np.array(["a", "b", "c"])[g.integers(0, 3, 30)][stories]
+    xy = g.normal(size=(30, 2))[stories] * 50 + g.normal(size=(150, 2))
+    assert compute.label_purity(story_labels, xy, k=4) > 0.95
+    assert compute.label_purity(story_labels, xy, k=4, groups=stories) < 0.6
 
 
 # -- the zoo PMI-Transformer end to end ------------------------------------------------------
@@ -168,6 +175,14 @@ def test_planted_writes_and_reads_are_recovered_through_the_probe(zoo_pmi):
         t_i = int(a["ex_n_tokens"][i])
         assert np.allclose(a["ex_share_wm"][i, :, :t_i], 1.0)  # gate 1: every read is WM's
     assert np.allclose(out.metrics["support_write_ratio"], a["support_write_ratio"], atol=1e-3)
+    # recency: the share of planted slots on each fact, counted back from the question
+    n_facts = max(len(s.facts) for s in stories)
+    expected = np.full((len(stories), n_facts), np.nan)
+    for i, s in enumerate(stories):
+        counts = np.bincount(plan[i], minlength=len(s.facts)) / len(plan[i])
+        expected[i, : len(s.facts)] = counts[::-1]
+    for t in range(n_steps):
+        assert np.allclose(a["write_by_recency"][t], np.nanmean(expected, 0), atol=1e-5)
     assert all(not m._forward_hooks for m in zoo_pmi.model.modules())
 
 

@@ -191,17 +191,31 @@ def project_2d(x: np.ndarray, method: str, *, seed: int = 0, n_neighbors: int = 
     raise DataError(f"unknown map method {method!r}; choose umap or pca")
 
 
-def label_purity(labels: np.ndarray, xy: np.ndarray, k: int = 10) -> float:
+def label_purity(
+    labels: np.ndarray, xy: np.ndarray, k: int = 10, groups: np.ndarray | None = None
+) -> float:
     """Fraction of each point's ``k`` nearest neighbours (in ``xy``) sharing its label.
 
-    A number for "does the map group slot states by what they hold"; compare it with
+    With ``groups`` (e.g. the story of each slot state), neighbours from the point's own group
+    are skipped, so the number asks whether *different* stories' states that hold the same
+    thing land together, not whether one story's slots resemble each other. Compare it with
     ``label_purity_chance``.
     """
     from sklearn.neighbors import NearestNeighbors
 
-    k = min(k, len(xy) - 1)
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy, return_distance=False)
-    return float((labels[idx[:, 1:]] == labels[:, None]).mean())
+    n = len(xy)
+    extra = 0 if groups is None else int(np.unique(groups, return_counts=True)[1].max())
+    m = min(k + extra + 1, n)
+    idx = NearestNeighbors(n_neighbors=m).fit(xy).kneighbors(xy, return_distance=False)
+    hits, total = 0, 0
+    for i in range(n):
+        others = idx[i][idx[i] != i]
+        if groups is not None:
+            others = others[groups[others] != groups[i]]
+        others = others[:k]
+        hits += int((labels[others] == labels[i]).sum())
+        total += len(others)
+    return hits / max(total, 1)
 
 
 def label_purity_chance(labels: np.ndarray) -> float:

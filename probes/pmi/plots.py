@@ -193,6 +193,35 @@ def support_figure(result: ProbeResult) -> go.Figure:
     return fig
 
 
+def recency_figure(result: ProbeResult) -> go.Figure:
+    """Share of the write attention on facts that lands on the last, second-last, ... fact."""
+    a = result.arrays
+    share = a["write_by_recency"]  # (S, max facts)
+    labels = ["last", *[f"{j + 1} back" for j in range(1, share.shape[1])]]
+    fig = new_figure(
+        title="Which facts do the slots write: the newest or the relevant?<br><sup>share of the "
+        "write attention on facts by how recent the fact is; mean over stories; dashed: an even "
+        "spread over the story's facts</sup>",
+        xaxis_title="fact, counted back from the question",
+        yaxis_title="share of write attention on facts",
+        barmode="group",
+    )
+    for t in range(share.shape[0]):
+        fig.add_trace(
+            go.Bar(x=labels, y=share[t], name=f"step {t}", marker_color=COLORWAY[t % len(COLORWAY)])
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=a["write_recency_uniform"],
+            mode="lines+markers",
+            line={"dash": "dash", "color": "black"},
+            name="even spread",
+        )
+    )
+    return fig
+
+
 # -- working memory ----------------------------------------------------------------------------
 def wm_holdings_figure(result: ProbeResult, story: int | None = None) -> go.Figure:
     """Slots x steps: what each slot holds (text) and how much it changed (colour)."""
@@ -276,15 +305,20 @@ def slot_map_figure(result: ProbeResult) -> go.Figure:
     fig = new_figure(
         title=f"{str(a['map_method']).upper()} of working-memory slot states, coloured by what "
         "each slot holds<br><sup>every story, step and slot; recolour with the buttons; "
-        "neighbour purity by entity "
+        "neighbours from other stories that share the held entity: "
         f"{m.get('map_purity_entity', float('nan')):.2f} (chance "
-        f"{m.get('map_purity_entity_chance', float('nan')):.2f}),</sup><br><sup>by slot index "
+        f"{m.get('map_purity_entity_chance', float('nan')):.2f}),</sup><br><sup>that share the "
+        "slot index: "
         f"{m.get('map_purity_slot', float('nan')):.2f} (chance "
-        f"{m.get('map_purity_slot_chance', float('nan')):.2f}): which one groups the states "
-        "more</sup>",
+        f"{m.get('map_purity_slot_chance', float('nan')):.2f}); among fact-holding slots, the "
+        f"person: {m.get('map_purity_person', float('nan')):.2f} (chance "
+        f"{m.get('map_purity_person_chance', float('nan')):.2f})</sup><br><sup>from the same "
+        "story: "
+        f"{m.get('map_purity_story', float('nan')):.2f} (chance "
+        f"{m.get('map_purity_story_chance', float('nan')):.2f})</sup>",
         xaxis_title=f"{str(a['map_method']).upper()} 1",
         yaxis_title=f"{str(a['map_method']).upper()} 2",
-        height=620,
+        height=680,
     )
     visibility = []
     for c, colouring in enumerate(MAP_COLOURINGS):
@@ -325,9 +359,8 @@ def slot_map_figure(result: ProbeResult) -> go.Figure:
                 "yanchor": "bottom",
             }
         ],
-        margin={"t": 120},
     )
-    return fig
+    return _title_room(fig, 4)
 
 
 # -- long-term memory --------------------------------------------------------------------------
@@ -465,6 +498,7 @@ def figures(result: ProbeResult) -> dict[str, go.Figure]:
     out["write_attention_topk"] = write_attention_figure(result, after_topk=True)
     out["write_by_role"] = write_by_role_figure(result)
     out["write_support"] = support_figure(result)
+    out["write_recency"] = recency_figure(result)
     out["wm_holdings"] = wm_holdings_figure(result)
     out["wm_contents"] = wm_contents_figure(result)
     if "map_xy" in a:

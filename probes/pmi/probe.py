@@ -299,9 +299,13 @@ def _dataset_arrays(
         [compute.write_share_by_role(p["write"], r) for p, r in zip(per_story, roles, strict=True)]
     )
     support = []
-    for p, s in zip(per_story, stories, strict=True):
+    max_facts = max(len(s.facts) for s in stories)
+    recency = np.full((len(stories), n_steps, max_facts), np.nan)
+    for i, (p, s) in enumerate(zip(per_story, stories, strict=True)):
         per_fact = compute.mass_by_sentence(p["write"], s.sentence_of_token, len(s.facts))
         facts = per_fact[..., : len(s.facts)].sum(1)  # (S, F) summed over slots
+        fact_share = facts / np.maximum(facts.sum(-1, keepdims=True), 1e-12)
+        recency[i, :, : len(s.facts)] = fact_share[:, ::-1]  # column 0: the most recent fact
         is_support = np.isin(np.arange(len(s.facts)), s.supporting)
         support.append(facts[:, is_support].mean(-1) / np.maximum(facts.mean(-1), 1e-12))
     return {
@@ -317,6 +321,13 @@ def _dataset_arrays(
         "read_share_by_role": np.nanmean(share, axis=0),
         "write_by_role": write.mean(0),
         "support_write_ratio": np.stack(support).mean(0),
+        "write_by_recency": np.nanmean(recency, axis=0),  # (S, max facts)
+        "write_recency_uniform": np.array(
+            [
+                np.mean([1 / len(s.facts) for s in stories if len(s.facts) > j])
+                for j in range(max_facts)
+            ]
+        ),
         "slot_change_mean": np.stack([compute.slot_change(p["wm"]) for p in per_story]).mean(0),
     }
 
@@ -382,7 +393,10 @@ def _slot_map(
     per_story: list[dict[str, np.ndarray]], stories: list[Story], config: Config
 ) -> dict[str, np.ndarray]:
     """A 2-D map of WM slot states after every step, labelled by the fact each slot holds."""
-    states, labels = [], {k: [] for k in ("entity", "kind", "support", "slot", "step", "hover")}
+    states = []
+    labels: dict[str, list] = {
+        k: [] for k in ("entity", "kind", "support", "slot", "step", "story", "hover")
+    }
     for i, (p, s) in enumerate(zip(per_story, stories, strict=True)):
         n_steps, n_slots = p["holdings"].shape
         for t in range(n_steps):
@@ -396,6 +410,7 @@ def _slot_map(
                 labels["support"].append(fact["support"])
                 labels["slot"].append(f"slot {n}")
                 labels["step"].append(f"step {t}")
+                labels["story"].append(i)
                 labels["hover"].append(
                     f"story {i} ({s.task}), step {t}, slot {n}<br>holds: {fact['text']}"
                 )
@@ -419,14 +434,26 @@ def _summary_metrics(arrays: dict[str, np.ndarray], config: Config) -> dict[str,
             for t in range(arrays["write_by_role"].shape[0])
         ],
         "support_write_ratio": [round(float(v), 3) for v in arrays["support_write_ratio"]],
+        "write_share_last_fact": [round(float(v), 3) for v in arrays["write_by_recency"][:, 0]],
+        "write_share_last_fact_uniform": round(float(arrays["write_recency_uniform"][0]), 3),
         "ltm_wm_similarity_last_step": round(float(arrays["ltm_wm_sim_mean"][-1].mean()), 4),
         "ltm_relative_update": [round(float(v), 4) for v in arrays["ltm_update_mean"].mean(-1)],
     }
     if "map_xy" in arrays:
+        story = arrays["map_story"]
         for key in ("entity", "slot"):
             labels = arrays[f"map_{key}"]
-            out[f"map_purity_{key}"] = round(compute.label_purity(labels, arrays["map_xy"]), 4)
+            purity = compute.label_purity(labels, arrays["map_xy"], groups=story)
+            out[f"map_purity_{key}"] = round(purity, 4)
             out[f"map_purity_{key}_chance"] = round(compute.label_purity_chance(labels), 4)
+        facts = arrays["map_kind"] != "question"  # states holding a person's fact
+        if len(np.unique(arrays["map_entity"][facts])) > 1:
+            person = arrays["map_entity"][facts]
+            purity = compute.label_purity(person, arrays["map_xy"][facts], groups=story[facts])
+            out["map_purity_person"] = round(purity, 4)
+            out["map_purity_person_chance"] = round(compute.label_purity_chance(person), 4)
+        out["map_purity_story"] = round(compute.label_purity(story, arrays["map_xy"]), 4)
+        out["map_purity_story_chance"] = round(compute.label_purity_chance(story), 4)
     return out
 
 
@@ -443,20 +470,22 @@ def _summary(spec: str, m: dict[str, Any]) -> str:
         "of their read from working memory (the rest from long-term memory through the "
         "correction). Supporting facts receive "
         f"{m['support_write_ratio'][-1]:.2f}x the write attention of an average fact at the last "
-        "step."
+        f"step, and the most recent fact {m['write_share_last_fact'][-1]:.0%} of the write "
+        f"attention on facts (an even spread would give {m['write_share_last_fact_uniform']:.0%})."
     )
     if "map_purity_entity" in m:
         text += (
-            f" Slot states group by the entity they hold (neighbour purity "
-            f"{m['map_purity_entity']:.2f} vs {m['map_purity_entity_chance']:.2f} by chance) "
-            f"more than by slot index ({m['map_purity_slot']:.2f} vs "
-            f"{m['map_purity_slot_chance']:.2f})."
-            if m["map_purity_entity"] - m["map_purity_entity_chance"]
-            > m["map_purity_slot"] - m["map_purity_slot_chance"]
-            else f" Slot states group by slot index (neighbour purity {m['map_purity_slot']:.2f}"
-            f" vs {m['map_purity_slot_chance']:.2f} by chance) more than by the entity they hold "
-            f"({m['map_purity_entity']:.2f} vs {m['map_purity_entity_chance']:.2f})."
+            " In the map of slot states, neighbours from other stories share the held entity "
+            f"(a person, or the question) {m['map_purity_entity']:.0%} of the time (chance "
+            f"{m['map_purity_entity_chance']:.0%}) and the slot index {m['map_purity_slot']:.0%} "
+            f"(chance {m['map_purity_slot_chance']:.0%})"
         )
+        if "map_purity_person" in m:
+            text += (
+                f"; among slots holding a fact, the person {m['map_purity_person']:.0%} (chance "
+                f"{m['map_purity_person_chance']:.0%})"
+            )
+        text += "."
     if "ablation_accuracy" in m:
         parts = [f"{k}: {v:.1%}" for k, v in m["ablation_accuracy"].items()]
         text += " Accuracy with a read path zeroed at every step: " + "; ".join(parts)
