@@ -1,0 +1,81 @@
+"""PMI costs: the memory step against self-attention, and recording every memory tensor.
+
+The zoo PMI-Transformer and its same-size Transformer control read the same 256 held-out
+stories three ways, interleaved round by round so that machine noise hits all of them alike:
+the control's bare forward, the PMI model's bare forward, and ``workbench.capture`` of every
+site of the PMI model (all internal tensors of every step, as the probe records them). Ratios
+are medians over rounds:
+
+- ``memory_step_cost``: PMI forward / control forward (what the memory costs at this size);
+- ``capture_overhead``: PMI forward with every site captured / bare PMI forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from workbench.capture import capture
+from workbench.data.stories import make_stories
+from workbench.models import load_model
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--stories", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    pmi = load_model("zoo:pmi-stories")
+    control = load_model("zoo:pmi-stories-control")
+    texts = [s.text for s in make_stories(args.stories, seed=30_000)]
+    inputs = pmi.encode_texts(texts)
+    sites = pmi.site_names()
+
+    def batched(model) -> None:
+        for start in range(0, args.stories, args.batch):
+            model(**{k: v[start : start + args.batch] for k, v in inputs.items()})
+
+    def captured() -> None:
+        cache = capture(pmi, inputs, sites, batch_size=args.batch, progress=False)
+        cache.close()
+
+    runs = {"control": lambda: batched(control), "pmi": lambda: batched(pmi), "capture": captured}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(args.rounds):
+        for key, fn in runs.items():
+            times[key].append(timed(fn))
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"{args.stories} stories, batch {args.batch}, {args.threads} thread(s), {args.rounds} "
+        f"rounds; {len(sites)} PMI sites captured"
+    )
+    for key, label in (
+        ("control", "Transformer control forward"),
+        ("pmi", "PMI-Transformer forward"),
+        ("capture", "PMI forward + capture of every site"),
+    ):
+        print(f"  {label:<38} {med[key] * 1000:8.1f} ms")
+    print(
+        f"bench pmi: memory_step_cost={med['pmi'] / med['control']:.2f} "
+        f"capture_overhead={med['capture'] / med['pmi']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
