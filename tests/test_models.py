@@ -181,3 +181,18 @@ def test_gpt2_fused_qkv_views_write_through(scratch_models):
     assert torch.count_nonzero(c_attn[:, d : 2 * d]) == 0 and torch.count_nonzero(c_attn[:, :d])
     with pytest.raises(SiteError, match="weight_names"):
         lm.weight("blocks.0.mlp.W_up")
+
+
+def test_digest_covers_scalar_parameters():
+    from torch import nn
+
+    from workbench.models.loaded import LoadedModel
+
+    module = nn.Module()
+    module.scale = nn.Parameter(torch.tensor(0.5))
+    lm = LoadedModel("scalar", "pmi", module, None, {}, 0, 1, "test")
+    before = lm.digest()
+    with torch.no_grad():
+        module.scale.fill_(0.25)
+    lm._digest = None
+    assert lm.digest() != before

@@ -219,22 +219,26 @@ def test_widget_follows_its_controls_and_hover(result):
     explorer.story.value = 1
     explorer.step.value = 2
     t_1 = int(a["ex_n_tokens"][1])
-    z = np.asarray(explorer.heatmap.data[0].z, dtype=float)
+    z = np.asarray(explorer.heatmap.figure.data[0].z, dtype=float)
     assert np.allclose(z, a["ex_write"][1, 2, :, :t_1])
     explorer.phase.value = "before top-k"
-    z = np.asarray(explorer.heatmap.data[0].z, dtype=float)
+    z = np.asarray(explorer.heatmap.figure.data[0].z, dtype=float)
     assert np.allclose(z, a["ex_write_pre"][1, 2, :, :t_1])
     explorer.slot.value = 3
-    assert np.allclose(np.asarray(explorer.strip.data[0].y), a["ex_write_pre"][1, 2, 3, :t_1])
-    assert explorer.heatmap.layout.shapes[0].y0 == 2.5
+    assert np.allclose(
+        np.asarray(explorer.strip.figure.data[0].y), a["ex_write_pre"][1, 2, 3, :t_1]
+    )
+    assert explorer.heatmap.figure.layout.shapes[0].y0 == 2.5
     last = t_1 - 1
     info = explorer.describe_token(last)
     after = a["ex_write"][1, 2, :, last]
     assert [j for j, _ in info["written_by"]] == [int(j) for j in np.argsort(-after) if after[j]]
     assert info["wm_share"] == pytest.approx(float(a["ex_share_wm"][1, 2, last]))
     assert info["token"] == "?"
-    text = explorer.hover_token(last)
-    assert "written by" in text and "answered by" in text and explorer.info.value == text
+    explorer.tokens.hovered = last  # what the browser sets when the mouse is over the token
+    text = explorer.info.value
+    assert "written by" in text and "answered by" in text and explorer.hover_token(last) == text
+    assert explorer.tokens.weights is not None and max(explorer.tokens.weights) == 1.0
     explorer.step.value = 0  # the hovered token's panel follows the step
     assert "step 0" in explorer.info.value
     with pytest.raises(IndexError):

@@ -1,8 +1,9 @@
 """PMIExplorer: a story, a step slider and a slot selector over a pmi ProbeResult.
 
-Hovering a token (in the write heatmap or the token strip) shows which slots wrote it at this
-step and which memories answered it. Everything a hover shows is also available from Python
-through ``describe_token`` and ``hover_token``, which is what the hover handlers call.
+Hovering a token in the token row shows which slots wrote it at this step and which memories
+answered it (the heatmap's own tooltips give each cell's weight). Everything a hover shows is
+also available from Python through ``describe_token`` and ``hover_token``, which is what the
+token row's hover calls.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from probes.pmi.plots import example_caption, example_tokens, held_fact
-from workbench.figures import TEMPLATE
+from workbench.figures import new_figure
 from workbench.results import ProbeResult
+from workbench.widgets import FigureView, TokenPicker
 
 PHASES = ("after top-k", "before top-k")
 
@@ -48,8 +50,9 @@ class PMIExplorer(widgets.VBox):
         self.phase = widgets.ToggleButtons(options=PHASES, value=PHASES[0], description="write")
         self.caption = widgets.HTML()
         self.info = widgets.HTML(value="<i>hover a token to see who wrote it and who answered</i>")
-        self.heatmap = go.FigureWidget(layout={"template": TEMPLATE, "height": 360})
-        self.strip = go.FigureWidget(layout={"template": TEMPLATE, "height": 300})
+        self.heatmap = FigureView()
+        self.strip = FigureView()
+        self.tokens = TokenPicker([], on_hover=self.hover_token, on_select=self.hover_token)
         self.hovered: int | None = None
         for control in (self.story, self.step, self.slot, self.phase):
             control.observe(lambda _change: self.redraw(), names="value")
@@ -60,6 +63,8 @@ class PMIExplorer(widgets.VBox):
                 self.caption,
                 self.heatmap,
                 self.strip,
+                widgets.HTML("<b>tokens</b> (hover one; shading = write weight shown above)"),
+                self.tokens,
                 self.info,
             ]
         )
@@ -144,98 +149,92 @@ class PMIExplorer(widgets.VBox):
         w = self.write_weights()
         labels = [f"{i}: {tok}" for i, tok in enumerate(tokens)]
         self.caption.value = example_caption(self.result, s)
-        with self.heatmap.batch_update():
-            self.heatmap.data = []
-            self.heatmap.add_trace(
-                go.Heatmap(
-                    z=w,
-                    x=list(range(len(tokens))),
-                    y=list(range(w.shape[0])),
-                    colorscale="Viridis",
-                    zmin=0,
-                    colorbar={"title": {"text": "write weight"}},
-                    customdata=np.tile(np.array(labels), (w.shape[0], 1)),
-                    hovertemplate="slot %{y} ← %{customdata}<br>%{z:.3f}<extra></extra>",
-                )
+        heatmap = new_figure(
+            height=360,
+            title=f"step {t}: write attention of each slot over the tokens ({self.phase.value})",
+        )
+        heatmap.add_trace(
+            go.Heatmap(
+                z=w,
+                x=list(range(len(tokens))),
+                y=list(range(w.shape[0])),
+                colorscale="Viridis",
+                zmin=0,
+                colorbar={"title": {"text": "write weight"}},
+                customdata=np.tile(np.array(labels), (w.shape[0], 1)),
+                hovertemplate="slot %{y} ← %{customdata}<br>%{z:.3f}<extra></extra>",
             )
-            self.heatmap.layout.shapes = (
-                []
-                if slot < 0
-                else [
-                    {
-                        "type": "rect",
-                        "x0": -0.5,
-                        "x1": len(tokens) - 0.5,
-                        "y0": slot - 0.5,
-                        "y1": slot + 0.5,
-                        "line": {"color": "#00E5FF", "width": 3},
-                    }
-                ]
+        )
+        if slot >= 0:
+            heatmap.add_shape(
+                type="rect",
+                x0=-0.5,
+                x1=len(tokens) - 0.5,
+                y0=slot - 0.5,
+                y1=slot + 0.5,
+                line={"color": "#00E5FF", "width": 3},
             )
-            self.heatmap.layout.title = (
-                f"step {t}: write attention of each slot over the tokens ({self.phase.value})"
-            )
-            self.heatmap.layout.xaxis = {
-                "tickmode": "array",
-                "tickvals": list(range(len(tokens))),
-                "ticktext": tokens,
-                "tickangle": -60,
-            }
-            self.heatmap.layout.yaxis = {
+        token_axis = {
+            "tickmode": "array",
+            "tickvals": list(range(len(tokens))),
+            "ticktext": tokens,
+            "tickangle": -60,
+            "showgrid": False,
+        }
+        heatmap.update_layout(
+            xaxis=token_axis,
+            yaxis={
                 "title": "WM slot",
                 "autorange": "reversed",
                 "tickvals": list(range(w.shape[0])),
-            }
-        strip = w.sum(0) if slot < 0 else w[slot]
+            },
+        )
+        self.heatmap.show(heatmap)
+
+        written = w.sum(0) if slot < 0 else w[slot]
         share = self.result.arrays["ex_share_wm"][s, t, : len(tokens)]
-        with self.strip.batch_update():
-            self.strip.data = []
-            self.strip.add_trace(
-                go.Bar(
-                    x=list(range(len(tokens))),
-                    y=strip,
-                    name="written by " + ("all slots" if slot < 0 else f"slot {slot}"),
-                    customdata=labels,
-                    hovertemplate="%{customdata}<br>write %{y:.3f}<extra></extra>",
-                )
+        strip = new_figure(
+            height=300, title="per token: write weight (bars) and WM read share (line)"
+        )
+        strip.add_trace(
+            go.Bar(
+                x=list(range(len(tokens))),
+                y=written,
+                name="written by " + ("all slots" if slot < 0 else f"slot {slot}"),
+                customdata=labels,
+                hovertemplate="%{customdata}<br>write %{y:.3f}<extra></extra>",
             )
-            self.strip.add_trace(
-                go.Scatter(
-                    x=list(range(len(tokens))),
-                    y=share,
-                    mode="lines+markers",
-                    name="read share from WM",
-                    yaxis="y2",
-                    customdata=labels,
-                    hovertemplate="%{customdata}<br>WM share %{y:.2f}<extra></extra>",
-                )
+        )
+        strip.add_trace(
+            go.Scatter(
+                x=list(range(len(tokens))),
+                y=share,
+                mode="lines+markers",
+                name="read share from WM",
+                yaxis="y2",
+                customdata=labels,
+                hovertemplate="%{customdata}<br>WM share %{y:.2f}<extra></extra>",
             )
-            self.strip.layout.title = "per token: write weight (bars) and WM read share (line)"
-            self.strip.layout.xaxis = {
-                "tickmode": "array",
-                "tickvals": list(range(len(tokens))),
-                "ticktext": tokens,
-                "tickangle": -60,
-            }
-            self.strip.layout.yaxis = {"title": "write weight"}
-            self.strip.layout.yaxis2 = {
+        )
+        strip.update_layout(
+            xaxis=token_axis,
+            yaxis={"title": "write weight"},
+            yaxis2={
                 "title": "WM share",
                 "overlaying": "y",
                 "side": "right",
                 "range": [0, 1],
                 "showgrid": False,
-            }
-            self.strip.layout.legend = {"orientation": "h", "y": 1.12}
-        for trace in (*self.heatmap.data, *self.strip.data):
-            trace.on_hover(self._on_hover)
+            },
+            legend={"orientation": "h", "y": 1.12},
+        )
+        self.strip.show(strip)
+        if list(self.tokens.tokens) != list(tokens):
+            self.tokens.tokens = list(tokens)
+        peak = float(written.max()) if len(written) else 0.0
+        self.tokens.shade(written / peak if peak > 0 else written)
         if self.hovered is not None and self.hovered < len(tokens):
             self.hover_token(self.hovered)
-
-    def _on_hover(self, _trace: Any, points: Any, _state: Any) -> None:
-        if points.point_inds:
-            point = points.point_inds[0]
-            column = point[1] if isinstance(point, list | tuple) else point
-            self.hover_token(int(column))
 
 
 def _top(weights: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -228,7 +228,7 @@ class LoadedModel:
             for name, tensor in sorted(self.model.state_dict().items()):
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             self._digest = "sha256:" + h.hexdigest()
         return self._digest
 
@@ -255,7 +255,31 @@ class LoadedModel:
             )
         others = [n for n in self.sites if not n.startswith("blocks.")]
         if others:
-            lines.append(f"              {', '.join(others)}")
+            lines.append(f"              {_summarise_sites(others)}")
         if self.source is not None:
             lines.append(f"  source      {self.source}")
         return "\n".join(lines)
+
+
+def _summarise_sites(names: list[str]) -> str:
+    """``steps.{0..3}.{gate, wm}`` for names that differ only in one index, else the names."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        pattern = re.sub(r"\.\d+\.", ".{i}.", name, count=1)
+        groups.setdefault(pattern, []).append(name)
+    parts = []
+    by_prefix: dict[str, set[str]] = {}
+    indices: dict[str, set[int]] = {}
+    for pattern, members in groups.items():
+        if ".{i}." not in pattern:
+            parts.append(pattern)
+            continue
+        prefix, rest = pattern.split(".{i}.", 1)
+        by_prefix.setdefault(prefix, set()).add(rest)
+        for m in members:
+            indices.setdefault(prefix, set()).add(int(m[len(prefix) + 1 :].split(".", 1)[0]))
+    for prefix, rests in by_prefix.items():
+        idx = sorted(indices[prefix])
+        span = f"{idx[0]}..{idx[-1]}" if len(idx) > 1 else str(idx[0])
+        parts.append(f"{prefix}.{{{span}}}.{{{', '.join(sorted(rests))}}}")
+    return ", ".join(parts)
