@@ -11,6 +11,14 @@ import torch
 from workbench.data.canaries import EOS, VOCABULARY, make_canary_corpus, text_sample
 from workbench.errors import DataError
 from workbench.zoo import ZOO, zoo_path
+from workbench.zoo.training import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models run fastest on one thread, and a shared machine punishes more."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
