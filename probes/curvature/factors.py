@@ -242,7 +242,7 @@ def collect_factors(
                 for name, grad in zip(names, grads, strict=True):
                     gv = _rows(grad, state["valid"]).float()
                     g_sum[name] += (gv.T @ gv).to(torch.float64)
-                n_positions += len(_rows(outputs[names[0]], state["valid"]))
+                n_positions += _count(outputs[names[0]], state["valid"])
                 bar.update(len(next(iter(part.values()))))
     finally:
         for p, flag in zip(params, flags, strict=True):
@@ -267,8 +267,19 @@ def _target_parameters(model: LoadedModel, names: list[str]) -> list[torch.nn.Pa
 
 
 def _rows(value: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """(positions, features): the valid positions, or every position when ``valid`` is None."""
-    return value.reshape(-1, value.shape[-1]) if valid is None else value[valid]
+    """(positions, features): the valid positions, or every position when ``valid`` is None.
+
+    Unpadded text (every position valid but the last) takes a slice, not a boolean gather.
+    """
+    if valid is None:
+        return value.reshape(-1, value.shape[-1])
+    if valid[:, :-1].all() and not valid[:, -1].any():
+        return value[:, :-1].reshape(-1, value.shape[-1])
+    return value[valid]
+
+
+def _count(value: torch.Tensor, valid: torch.Tensor | None) -> int:
+    return value.shape[:-1].numel() if valid is None else int(valid.sum())
 
 
 def _valid_positions(model: LoadedModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
@@ -297,11 +308,11 @@ def _loss(
     """Summed loss whose gradient at each position is that position's own token loss gradient."""
     logits = out.logits.float()
     if model.family == "causal-lm":
-        logits = logits[valid]
+        logits = _rows(logits, valid)
         if labels == "gold":
             target = torch.zeros_like(batch["input_ids"])
             target[:, :-1] = batch["input_ids"][:, 1:]
-            target = target[valid]
+            target = _rows(target[..., None], valid)[:, 0]
         else:
             with torch.no_grad():
                 probs = torch.softmax(logits, dim=-1)
