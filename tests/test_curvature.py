@@ -333,6 +333,18 @@ def test_edit_context_restores_weights_bit_exactly_after_an_exception(scratch_mo
     assert _same_state(lm, saved)
 
 
+def test_factors_of_another_model_are_refused(scratch_models, tmp_path):
+    from workbench.models.scratch import save_random_model
+
+    narrow = load_model(save_random_model(tmp_path / "narrow", "gpt2", d_model=16))
+    factors = collect_factors(narrow, {"input_ids": torch.randint(6, 250, (2, 5))}, progress=False)
+    lm = load_model(scratch_models["gpt2"])
+    with pytest.raises(DataError, match="collect factors on this model"):
+        factors.check_model(lm)
+    with pytest.raises(DataError, match="were the factors collected on this model"):
+        kfac_weights(lm, factors.eigenbases(), 0.9)
+
+
 def test_edit_refuses_wrong_shapes(scratch_models):
     lm = load_model(scratch_models["gpt2"])
     with (
