@@ -203,7 +203,7 @@ def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = Non
         x=base_ppl * 1.01,
         line={"dash": "dot", "color": "#b22"},
         annotation_text="+1% perplexity",
-        annotation_position="top right",
+        annotation_position="right",
     )
     ppl_all = np.concatenate([a["kfac_sweep_perplexity"], a["svd_sweep_perplexity"], [base_ppl]])
     upper = min(float(ppl_all.max()), base_ppl * 1.6)
@@ -302,7 +302,7 @@ def likelihood_figure(result: ProbeResult) -> go.Figure:
         y=unseen,
         line={"dash": "dot", "color": "#b22"},
         annotation_text=f"unseen canaries, unedited: {unseen:.2f}",
-        annotation_position="top left",
+        annotation_position="top right",
     )
     return fig
 
