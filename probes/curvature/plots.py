@@ -1,0 +1,442 @@
+"""Curvature figures, built from a ProbeResult alone so saved results can be re-plotted."""
+
+from __future__ import annotations
+
+import html
+import textwrap
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.figures import COLORWAY, TEMPLATE, new_figure
+from workbench.results import ProbeResult
+
+BASE_COLOUR = "#555555"
+KFAC_COLOUR = COLORWAY[0]
+SVD_COLOUR = COLORWAY[1]
+TABLE_ROWS_PER_GROUP = 3
+
+
+def _title(main: str, subtitle: str, width: int = 120) -> str:
+    """A bold-enough title with a wrapped, smaller subtitle (plotly titles do not wrap)."""
+    lines = textwrap.wrap(html.escape(subtitle), width)
+    return f"{html.escape(main)}<br><sup>{'<br>'.join(lines)}</sup>"
+
+
+def _spec(result: ProbeResult) -> str:
+    return str(result.provenance.get("model_spec"))
+
+
+def _colour(i: int) -> str:
+    return COLORWAY[i % len(COLORWAY)]
+
+
+def spectra_figure(result: ProbeResult) -> go.Figure:
+    """Eigenvalues of G and A per matrix, each scaled by its largest, on log axes."""
+    a = result.arrays
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("G = E[g gᵀ] (output gradients)", "A = E[a aᵀ] (layer inputs)"),
+        horizontal_spacing=0.1,
+    )
+    for i, name in enumerate(a["weight_names"].tolist()):
+        for col, key in ((1, "eig_G"), (2, "eig_A")):
+            values = a[f"{key}.{name}"]
+            scaled = values / values[0] if values[0] > 0 else values
+            fig.add_trace(
+                go.Scatter(
+                    x=np.arange(1, len(values) + 1),
+                    y=np.maximum(scaled, 1e-12),
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": _colour(i), "width": 1.5},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(type="log", title_text="eigenvalue rank (1 = largest)")
+    fig.update_yaxes(type="log", title_text="eigenvalue / largest", col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=470,
+        width=1000,
+        margin={"t": 160},
+        title=_title(
+            "Eigenvalue spectra of the K-FAC factors, per edited matrix",
+            f"{_spec(result)}: a steep fall means curvature lives in few directions; component "
+            "(i, j) of a weight has curvature λ_i(G) × μ_j(A)",
+        ),
+    )
+    return fig
+
+
+def mass_figure(result: ProbeResult) -> go.Figure:
+    """Cumulative curvature mass against the share of components kept, highest mass first."""
+    a, m = result.arrays, result.metrics
+    fig = new_figure(
+        title=_title(
+            "How few weight components carry the curvature mass",
+            f"{_spec(result)}: components λ_i μ_j sorted by mass; the edit keeps the top ones "
+            f"until ρ = {m['rho']:g} of the mass (dotted line) and zeroes the rest",
+            width=100,
+        ),
+        margin={"t": 130},
+        xaxis_title="share of components kept (highest mass first)",
+        yaxis_title="share of curvature mass kept",
+        xaxis_type="log",
+        yaxis_range=[0, 1.02],
+        height=430,
+        width=820,
+    )
+    for i, name in enumerate(a["weight_names"].tolist()):
+        fig.add_trace(
+            go.Scatter(
+                x=a[f"mass_x.{name}"],
+                y=a[f"mass_y.{name}"],
+                mode="lines",
+                name=name,
+                line={"color": _colour(i)},
+            )
+        )
+    fig.add_hline(
+        y=m["rho"],
+        line={"dash": "dot", "color": "#b22"},
+        annotation_text=f"ρ = {m['rho']:g}: {m['kept_components']:.1%} of components kept",
+        annotation_position="bottom right",
+    )
+    return fig
+
+
+def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = None) -> go.Figure:
+    """Memorization against held-out perplexity for every ρ and every SVD truncation."""
+    a, m = result.arrays, result.metrics
+    base_ppl = m["perplexity_before"]
+    fig = new_figure(
+        title=_title(
+            "Removing memorization: curvature edit vs SVD truncation",
+            f"{_spec(result)}: each point is one edit of the model; down and left is better. "
+            "Filled: loose recitation (similarity ≥ threshold), open: verbatim; memorized set = "
+            f"{m['memorized_set']}",
+        ),
+        xaxis_title="held-out perplexity (lower is better)",
+        yaxis_title="share of the memorized set recited",
+        yaxis_range=[-0.04, 1.06],
+        yaxis_tickformat=".0%",
+        height=520,
+        width=1000,
+        margin={"t": 130},
+    )
+    for prefix, label, colour, fmt in (
+        ("kfac", "K-FAC, ρ", KFAC_COLOUR, "{:g}"),
+        ("svd", "SVD, energy", SVD_COLOUR, "{:g}"),
+    ):
+        ppl = a[f"{prefix}_sweep_perplexity"]
+        values = a[f"{prefix}_sweep_value"]
+        text = [fmt.format(v) for v in values]
+        fig.add_trace(
+            go.Scatter(
+                x=ppl,
+                y=a[f"{prefix}_sweep_loose"],
+                mode="lines+markers+text",
+                text=text,
+                textposition="top right",
+                textfont={"size": 10, "color": colour},
+                name=f"{label} (loose)",
+                line={"color": colour},
+                marker={"size": 9},
+                hovertemplate=f"{label} %{{text}}<br>perplexity %{{x:.3f}}<br>loose %{{y:.0%}}"
+                "<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=ppl,
+                y=a[f"{prefix}_sweep_strict"],
+                mode="markers",
+                name=f"{label} (verbatim)",
+                marker={"size": 9, "color": "white", "line": {"color": colour, "width": 2}},
+                text=text,
+                hovertemplate=f"{label} %{{text}}<br>perplexity %{{x:.3f}}<br>verbatim %{{y:.0%}}"
+                "<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[base_ppl],
+            y=[m["loose_before"]],
+            mode="markers",
+            name="unedited model",
+            marker={"symbol": "star", "size": 16, "color": BASE_COLOUR},
+        )
+    )
+    if "svd_matched" in m:
+        s = m["svd_matched"]
+        fig.add_trace(
+            go.Scatter(
+                x=[s["perplexity"]],
+                y=[s["loose_memorized"]],
+                mode="markers",
+                name=f"SVD at matched perplexity (energy {s['energy']:.5f})",
+                marker={"symbol": "diamond", "size": 13, "color": SVD_COLOUR},
+            )
+        )
+    if highlight is not None:
+        prefix, index = highlight
+        fig.add_trace(
+            go.Scatter(
+                x=[a[f"{prefix}_sweep_perplexity"][index]],
+                y=[a[f"{prefix}_sweep_loose"][index]],
+                mode="markers",
+                name="selected",
+                marker={
+                    "size": 22,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": "#b22", "width": 3},
+                },
+            )
+        )
+    fig.add_vline(
+        x=base_ppl * 1.01,
+        line={"dash": "dot", "color": "#b22"},
+        annotation_text="+1% perplexity",
+        annotation_position="right",
+    )
+    ppl_all = np.concatenate([a["kfac_sweep_perplexity"], a["svd_sweep_perplexity"], [base_ppl]])
+    upper = min(float(ppl_all.max()), base_ppl * 1.6)
+    fig.update_xaxes(range=[base_ppl * 0.98, upper * 1.03])
+    fig.update_layout(legend={"x": 1.02, "y": 1, "xanchor": "left"})
+    return fig
+
+
+def _states(result: ProbeResult) -> list[tuple[str, str, dict]]:
+    m = result.metrics
+    states = [
+        ("unedited", BASE_COLOUR, m["base"]),
+        (f"K-FAC ρ={m['rho']:g}", KFAC_COLOUR, m["kfac"]),
+    ]
+    if "svd_matched" in m:
+        states.append(("SVD, matched perplexity", SVD_COLOUR, m["svd_matched"]))
+    return states
+
+
+def repetition_figure(result: ProbeResult) -> go.Figure:
+    """Verbatim and loose recitation per repetition count, before and after each edit."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("verbatim (distance 0)", "loose (similarity ≥ threshold)"),
+        horizontal_spacing=0.08,
+    )
+    for label, colour, state in _states(result):
+        groups = list(state["by_repetition"])
+        for col, key in ((1, "strict"), (2, "loose")):
+            fig.add_trace(
+                go.Bar(
+                    x=groups,
+                    y=[state["by_repetition"][g][key] for g in groups],
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    marker_color=colour,
+                    texttemplate="%{y:.0%}",
+                    textposition="outside",
+                    textfont={"size": 10},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", title_text="share of canaries", col=1)
+    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", col=2)
+    fig.update_xaxes(title_text="times the canary was planted in training")
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="group",
+        height=460,
+        width=1100,
+        margin={"t": 160},
+        title=_title(
+            "Recitation by repetition count",
+            f"{_spec(result)}: greedy continuation of each canary's prefix compared with its true "
+            "suffix; unseen canaries are the floor (chance of reciting a random sequence)",
+        ),
+    )
+    return fig
+
+
+def likelihood_figure(result: ProbeResult) -> go.Figure:
+    """Suffix loss per token by repetition count: the likelihood trace an edit leaves behind."""
+    fig = new_figure(
+        title=_title(
+            "What the edit leaves behind: likelihood of the true suffix",
+            f"{_spec(result)}: mean negative log-likelihood per suffix token; the gap between "
+            "memorized and unseen canaries after the edit is what a membership-inference attack "
+            "could still use",
+            width=110,
+        ),
+        margin={"t": 130},
+        xaxis_title="times the canary was planted in training",
+        yaxis_title="nats per token (lower = more likely)",
+        barmode="group",
+        height=460,
+        width=1000,
+    )
+    for label, colour, state in _states(result):
+        groups = list(state["by_repetition"])
+        fig.add_trace(
+            go.Bar(
+                x=groups,
+                y=[state["by_repetition"][g]["nll_per_token"] for g in groups],
+                name=f"{label} (membership AUC {state['membership_auc']:.2f})",
+                marker_color=colour,
+                texttemplate="%{y:.1f}",
+                textposition="outside",
+                textfont={"size": 10},
+            )
+        )
+    unseen = result.metrics["base"]["nll_unseen"]
+    fig.add_hline(
+        y=unseen,
+        line={"dash": "dot", "color": "#b22"},
+        annotation_text=f"unseen canaries, unedited: {unseen:.2f}",
+        annotation_position="top right",
+    )
+    return fig
+
+
+def activation_ratio_figure(result: ProbeResult) -> go.Figure:
+    """Per band of components: how much more canaries drive it than typical text does."""
+    a, m = result.arrays, result.metrics
+    bands = a["band_labels"].tolist()
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("curvature basis (bands of K-FAC mass)", "SVD basis (bands of σ² energy)"),
+        shared_yaxes=True,
+        horizontal_spacing=0.05,
+    )
+    for i, name in enumerate(a["weight_names"].tolist()):
+        for col, view in ((1, "kfac"), (2, "svd")):
+            for group, dash in (("memorized", "solid"), ("unseen", "dot")):
+                fig.add_trace(
+                    go.Scatter(
+                        x=bands,
+                        y=a[f"ratio_{view}_{group}"][i],
+                        mode="lines+markers",
+                        name=f"{name}, {group}",
+                        legendgroup=name,
+                        showlegend=col == 1,
+                        line={"color": _colour(i), "dash": dash},
+                        marker={"symbol": "circle" if group == "memorized" else "circle-open"},
+                    ),
+                    row=1,
+                    col=col,
+                )
+    kept = a["band_kept"]
+    first_removed = int(np.argmin(kept)) if not kept.all() else len(bands)
+    for col in (1, 2):
+        fig.add_hline(y=1.0, line={"dash": "dot", "color": "#888"}, row=1, col=col)
+    if first_removed < len(bands):
+        fig.add_vrect(
+            x0=first_removed - 0.5,
+            x1=len(bands) - 0.5,
+            fillcolor="rgba(178,34,34,0.08)",
+            line_width=0,
+            row=1,
+            col=1,
+            annotation_text=f"removed at ρ = {m['rho']:g}",
+            annotation_position="top left",
+        )
+    fig.update_xaxes(title_text="band of cumulative mass (high curvature → low)")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="activation relative to held-out text", col=1)
+    fig.update_yaxes(showticklabels=True, col=2)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=520,
+        width=1150,
+        margin={"t": 170},
+        title=_title(
+            "Which components do memorized sequences use?",
+            f"{_spec(result)}: mean norm of each band's contribution to the layer output on "
+            "canary positions, divided by that on held-out text (1 = used like typical text). "
+            "Solid: memorized canaries; dotted: unseen canaries. Where solid and dotted lines "
+            "coincide, the band is used by unusual inputs in general, not by memorized ones "
+            "in particular.",
+        ),
+    )
+    return fig
+
+
+def recitation_table(
+    result: ProbeResult, continuations: np.ndarray | None = None, label: str | None = None
+) -> go.Figure:
+    """Per canary: true suffix and the continuations before and after the edits."""
+    a, m = result.arrays, result.metrics
+    reps = a["repetitions"]
+    order = np.concatenate(
+        [np.nonzero(reps == r)[0][:TABLE_ROWS_PER_GROUP] for r in sorted(set(reps), reverse=True)]
+    )
+    columns = [("unedited", a["base_continuation"], a["base_distance"])]
+    if continuations is None:
+        columns.append((f"K-FAC ρ={m['rho']:g}", a["kfac_continuation"], a["kfac_distance"]))
+        if "svd_continuation" in a:
+            columns.append(("SVD, matched", a["svd_continuation"], a["svd_distance"]))
+    else:
+        columns.append((label or "edited", continuations[0], continuations[1]))
+    header = ["planted", "prompt (end)", "true suffix"]
+    cells: list[list[str]] = [
+        [str(int(reps[i])) if reps[i] else "never" for i in order],
+        ["… " + " ".join(str(a["prompt_text"][i]).split()[-4:]) for i in order],
+        [str(a["target_text"][i]) for i in order],
+    ]
+    fills: list[list[str]] = [["white"] * len(order)] * 3
+    for title, text, distance in columns:
+        header.append(f"{title} (distance)")
+        cells.append([f"{text[i]} ({distance[i]:.2f})" for i in order])
+        fills.append([_fill(distance[i], m) for i in order])
+    fig = go.Figure(
+        go.Table(
+            columnwidth=[50, 110, 260] + [260] * len(columns),
+            header={"values": header, "fill_color": "#E5E7EB", "align": "left"},
+            cells={"values": cells, "fill_color": fills, "align": "left", "height": 24},
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=190 + 84 * len(order),
+        width=1500,
+        margin={"t": 110},
+        title=_title(
+            "Recitations before and after",
+            "greedy continuation of each canary's prompt; green = verbatim, yellow = loose match, "
+            "white = not recited; in brackets the normalised token-level Levenshtein distance "
+            "to the true suffix",
+            width=160,
+        ),
+    )
+    return fig
+
+
+def _fill(distance: float, metrics: dict) -> str:
+    threshold = 1.0 - metrics.get("loose_threshold", 0.75)
+    if distance == 0:
+        return "#C6F6D5"
+    if distance <= threshold:
+        return "#FEF3C7"
+    return "white"
+
+
+def figures(result: ProbeResult) -> dict[str, go.Figure]:
+    return {
+        "tradeoff": tradeoff_figure(result),
+        "by_repetition": repetition_figure(result),
+        "likelihood": likelihood_figure(result),
+        "recitations": recitation_table(result),
+        "activation_ratio": activation_ratio_figure(result),
+        "spectra": spectra_figure(result),
+        "mass": mass_figure(result),
+    }
