@@ -440,7 +440,7 @@ def test_widget_slider_changes_the_table_and_the_highlight(zoo_lm_and_result):
     assert not any(cell.endswith("(0.00)") for cell in at_default[:6])  # nothing recited
     explorer.strength.value = 0.97
     i = list(result.arrays["kfac_sweep_value"]).index(0.97)
-    (highlighted,) = [t for t in explorer.tradeoff.data if t.name == "selected"]
+    (highlighted,) = [t for t in explorer.tradeoff.figure.data if t.name == "selected"]
     assert highlighted.x[0] == result.arrays["kfac_sweep_perplexity"][i]
     shown = explorer.table_column(4)
     assert any(cell.endswith("(0.00)") for cell in shown[:6])  # ρ = 0.97 still recites some

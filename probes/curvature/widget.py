@@ -6,10 +6,10 @@ import html
 
 import ipywidgets as widgets
 import numpy as np
-import plotly.graph_objects as go
 
 from probes.curvature.plots import recitation_table, tradeoff_figure
 from workbench.results import ProbeResult
+from workbench.widgets import FigureView
 
 METHODS = {"K-FAC (ρ)": "kfac", "SVD (energy)": "svd"}
 
@@ -29,8 +29,8 @@ class CurvatureExplorer(widgets.VBox):
             options=[0.0], description="keep", continuous_update=False
         )
         self.info = widgets.HTML()
-        self.tradeoff = go.FigureWidget(tradeoff_figure(result))
-        self.table = go.FigureWidget(recitation_table(result))
+        self.tradeoff = FigureView(tradeoff_figure(result))
+        self.table = FigureView(recitation_table(result))
         self._quiet = False
         self.method.observe(lambda _change: self._reset_slider(), names="value")
         self.strength.observe(lambda _change: self._quiet or self.redraw(), names="value")
@@ -68,12 +68,8 @@ class CurvatureExplorer(widgets.VBox):
         label = f"{'K-FAC ρ' if prefix == 'kfac' else 'SVD energy'}={self.strength.value:g}"
         table = recitation_table(self.result, (continuations, distance), label)
         trade = tradeoff_figure(self.result, highlight=(prefix, i))
-        with self.table.batch_update():
-            self.table.data[0].cells = table.data[0].cells
-            self.table.data[0].header = table.data[0].header
-        with self.tradeoff.batch_update():
-            self.tradeoff.data = []
-            self.tradeoff.add_traces(list(trade.data))
+        self.table.show(table)
+        self.tradeoff.show(trade)
         memorized = a["memorized"]
         strict = float((distance[memorized] == 0).mean())
         self.info.value = (
@@ -87,4 +83,4 @@ class CurvatureExplorer(widgets.VBox):
 
     def table_column(self, column: int) -> np.ndarray:
         """The text of one table column as shown (for tests and copying)."""
-        return np.asarray(self.table.data[0].cells.values[column])
+        return np.asarray(self.table.figure.data[0].cells.values[column])
