@@ -123,6 +123,22 @@ def headline_figure(result: ProbeResult) -> go.Figure:
             row=1,
             col=col,
         )
+        best = m.get("best_probe", head)
+        if best != head:
+            xb, yb = _series(result, "model", best, metric)
+            fig.add_trace(
+                go.Scatter(
+                    x=xb,
+                    y=yb,
+                    mode="lines+markers",
+                    name=f"model ({best}, its best probe)",
+                    line={"color": SOURCE_COLOURS["model"], "width": 1.5, "dash": "dash"},
+                    legendgroup="model-best",
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
         fig.add_trace(
             go.Scatter(
                 x=x[:1],
