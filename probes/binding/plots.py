@@ -35,7 +35,7 @@ SOURCE_COLOURS = {
 }
 
 
-# -- selection helpers -------------------------------------------------------------------------
+# -- choosing rows ----------------------------------------------------------------------------
 def job_index(result: ProbeResult, source: str, layer: int, probe: str) -> int:
     """Row of the (source, layer, probe) result in the job arrays."""
     a = result.arrays
