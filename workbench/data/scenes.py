@@ -9,6 +9,7 @@ bit-identical whatever ``n`` is, and two calls with the same arguments give iden
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ class SceneObject:
     texture: str
     area: int  # pixels the shape covers inside the image before any occlusion
     visible: int  # pixels still visible in the final image
+    # Set by ``make_binding_scenes`` only (instance ids; 0 = none):
+    duplicate_of: int = 0  # an identical copy (shape, size, angle, colour, texture) of this one
+    touching: int = 0  # placed so that it touches this earlier object
+    occludes: int = 0  # a bar laid across this earlier object, cutting it into parts
+    parts: int = 1  # visible connected pieces (4-connectivity) in the final image
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,6 +179,301 @@ def patch_labels(
     return labels.reshape(n, gh * gw)
 
 
+# -- binding scenes ----------------------------------------------------------------------------
+BINDING_SHAPES: tuple[str, ...] = (*SHAPES, "bar")
+"""Classes of ``make_binding_scenes``: the scene shapes plus a long thin bar (class id 6)."""
+
+_BINDING_STREAM = 1  # image i of make_binding_scenes draws from default_rng([seed, i, 1])
+_BAR_HALF_WIDTH = 0.16  # a bar's half-width as a fraction of its half-length
+_BINDING_MIN_PIXELS = 48  # a binding-scene object keeps at least this many visible pixels
+
+
+@dataclass(frozen=True)
+class _Look:
+    """Everything that decides how an object looks, so that a duplicate can copy it exactly."""
+
+    class_id: int
+    radius: float  # half-length for bars
+    angle: float
+    colour: tuple[float, float, float]
+    texture: str
+    period: float  # stripes
+    theta: float  # stripes
+    cell: int  # checker
+
+
+def make_binding_scenes(
+    n: int,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    n_objects: tuple[int, int] = (2, 4),
+    radius: tuple[float, float] = (0.24, 0.4),
+    bar_length: tuple[float, float] = (0.6, 0.95),
+    classes: Sequence[str] = BINDING_SHAPES,
+    textures: Sequence[str] = TEXTURES,
+    duplicate: float = 0.4,
+    touching: float = 0.4,
+    occluder: float = 0.2,
+    min_visible: float = 0.3,
+    noise: float = 6.0,
+    outline: int = 1,
+) -> Scenes:
+    """Scenes built to separate object binding from its confounds, with pixel-exact masks.
+
+    In ordinary scenes, two patches of one object are nearly always close together and look
+    alike, so position and colour alone predict "same object". Here objects are large (``radius``
+    and ``bar_length`` are fractions of ``size``), so one object covers many patches and far-apart
+    patches can belong to it; and each object after the first is, with these probabilities:
+
+    - ``duplicate``: an identical copy of an earlier object (same shape, size, angle, colour and
+      texture, the texture anchored to the object) elsewhere: a different instance that looks
+      the same, whose patches only position and grouping can tell apart;
+    - ``touching`` (independently): placed flush against an earlier object, so that patches of
+      two different objects are neighbours;
+    - ``occluder``: a bar laid across the middle of an earlier object, cutting it into separate
+      visible parts that keep one instance id (needs ``"bar"`` in ``classes``).
+
+    Bars (class ``"bar"``) are long and thin; rings span far-apart patches around a hole. Every
+    object keeps at least ``min_visible`` of its area visible. ``SceneObject`` records
+    ``duplicate_of``, ``touching``, ``occludes`` and the number of visible ``parts``. Image ``i``
+    is generated from its own random stream, so it does not depend on ``n``.
+    """
+    # the checks shared with make_scenes (radius and classes are checked below)
+    _check_args(n, size, seed, n_objects, (0.1, 0.1), SHAPES, textures, min_visible, noise, outline)
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in BINDING_SHAPES]
+    if not classes or unknown or len(set(classes)) != len(classes):
+        raise DataError(
+            f"classes must be distinct names from {', '.join(BINDING_SHAPES)}; got {classes!r}"
+        )
+    for name, pair, top in (("radius", radius, 0.5), ("bar_length", bar_length, 1.0)):
+        if len(pair) != 2 or not 0.0 < pair[0] <= pair[1] <= top:
+            raise DataError(
+                f"{name} must be (low, high) fractions of size with 0 < low <= high <= {top}; "
+                f"got {pair!r}"
+            )
+    for name, p in (("duplicate", duplicate), ("touching", touching), ("occluder", occluder)):
+        if not 0.0 <= p <= 1.0:
+            raise DataError(f"{name} is a probability and must be in [0, 1]; got {p}")
+    if duplicate + occluder > 1.0:
+        raise DataError(
+            f"duplicate + occluder must be at most 1 (they exclude each other); got "
+            f"{duplicate} + {occluder}"
+        )
+    textures = tuple(textures)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    instance_ids = np.zeros((n, size, size), dtype=np.int16)
+    class_ids = np.zeros((n, size, size), dtype=np.int16)
+    objects = []
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    options = dict(
+        n_objects=n_objects,
+        radius=radius,
+        bar_length=bar_length,
+        classes=classes,
+        textures=textures,
+        duplicate=duplicate,
+        touching=touching,
+        occluder=occluder,
+        min_visible=min_visible,
+        noise=noise,
+        outline=outline,
+    )
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, _BINDING_STREAM])
+        image, inst, cls, objs = _render_binding(rng, size, rows, cols, **options)
+        images[i], instance_ids[i], class_ids[i] = image, inst, cls
+        objects.append(objs)
+    return Scenes(
+        images=images,
+        instance_ids=instance_ids,
+        class_ids=class_ids,
+        class_names=("background", *classes),
+        objects=tuple(objects),
+        seed=seed,
+    )
+
+
+def _render_binding(
+    rng: np.random.Generator,
+    size: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    n_objects: tuple[int, int],
+    radius: tuple[float, float],
+    bar_length: tuple[float, float],
+    classes: tuple[str, ...],
+    textures: tuple[str, ...],
+    duplicate: float,
+    touching: float,
+    occluder: float,
+    min_visible: float,
+    noise: float,
+    outline: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[SceneObject, ...]]:
+    canvas, bg_mean = _background(rng, size)
+    inst = np.zeros((size, size), dtype=np.int16)
+    cls = np.zeros((size, size), dtype=np.int16)
+    placed: list[dict] = []
+    looks: list[_Look] = []
+    bar_id = classes.index("bar") + 1 if "bar" in classes else 0
+
+    def fresh_look(class_id: int) -> _Look:
+        if classes[class_id - 1] == "bar":
+            r = float(rng.uniform(*bar_length) * size / 2)
+        else:
+            r = float(rng.uniform(*radius) * size)
+        return _Look(
+            class_id=class_id,
+            radius=r,
+            angle=float(rng.uniform(0.0, 2.0 * math.pi)),
+            colour=tuple(float(c) for c in _object_colour(rng, bg_mean)),
+            texture=textures[int(rng.integers(len(textures)))],
+            period=float(rng.uniform(3.0, 6.0)),
+            theta=float(rng.uniform(0.0, math.pi)),
+            cell=int(rng.integers(2, 5)),
+        )
+
+    for _ in range(int(rng.integers(n_objects[0], n_objects[1] + 1))):
+        roll, touch_roll = float(rng.random()), float(rng.random())
+        targets = [o for o in placed if o["class_id"] != bar_id]
+        duplicate_of = touching_id = occludes = 0
+        if bar_id and targets and roll < occluder:
+            target = targets[int(rng.integers(len(targets)))]
+            look = fresh_look(bar_id)
+            half = max(look.radius, min(0.5 * size, 1.3 * target["radius"]))
+            look = dataclasses.replace(look, radius=half)
+            occludes = target["instance_id"]
+        elif placed and roll < occluder + duplicate:
+            source = placed[int(rng.integers(len(placed)))]
+            look = looks[source["instance_id"] - 1]
+            duplicate_of = source["instance_id"]
+        else:
+            look = fresh_look(int(rng.integers(1, len(classes) + 1)))
+        anchor = None
+        if placed and not occludes and touch_roll < touching:
+            anchor = placed[int(rng.integers(len(placed)))]
+            touching_id = anchor["instance_id"]
+        name = classes[look.class_id - 1]
+        for _try in range(_MAX_TRIES):
+            if occludes:
+                cy, cx = np.round(np.array(target["center"]) + rng.uniform(-2.0, 2.0, size=2))
+                shape = _shape_mask(name, rows - cy, cols - cx, look.radius, look.angle)
+            elif anchor is not None:
+                found = _slide_until_touching(
+                    rng, inst == anchor["instance_id"], anchor["center"], name, look, rows, cols
+                )
+                if found is None:
+                    continue
+                (cy, cx), shape = found
+            else:
+                reach = 0.7 * min(look.radius, 0.45 * size)
+                cy, cx = np.round(rng.uniform(reach, size - reach, size=2))
+                shape = _shape_mask(name, rows - cy, cols - cx, look.radius, look.angle)
+            area = int(shape.sum())
+            if area < _BINDING_MIN_PIXELS or not _keeps_others_visible(
+                inst, shape, placed, min_visible, min_pixels=_BINDING_MIN_PIXELS
+            ):
+                continue
+            instance_id = len(placed) + 1
+            canvas[shape] = _anchored_texture(look, rows - cy, cols - cx)[shape]
+            if outline:
+                canvas[shape & ~_erode(shape, outline)] = _OUTLINE
+            inst[shape] = instance_id
+            cls[shape] = look.class_id
+            looks.append(look)
+            placed.append(
+                dict(
+                    instance_id=instance_id,
+                    class_id=look.class_id,
+                    class_name=name,
+                    center=(float(cy), float(cx)),
+                    radius=look.radius,
+                    angle=look.angle,
+                    colour=tuple(int(c) for c in look.colour),
+                    texture=look.texture,
+                    area=area,
+                    duplicate_of=duplicate_of,
+                    touching=touching_id,
+                    occludes=occludes,
+                )
+            )
+            break
+    if noise > 0:
+        canvas += rng.normal(0.0, noise, size=canvas.shape)
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    visible = np.bincount(inst.ravel(), minlength=len(placed) + 1)
+    objs = tuple(
+        SceneObject(
+            **o,
+            visible=int(visible[o["instance_id"]]),
+            parts=_count_parts(inst == o["instance_id"]),
+        )
+        for o in placed
+    )
+    return image, inst, cls, objs
+
+
+def _slide_until_touching(
+    rng: np.random.Generator,
+    anchor_mask: np.ndarray,
+    anchor_center: tuple[float, float],
+    name: str,
+    look: _Look,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[tuple[float, float], np.ndarray] | None:
+    """Move a shape out from ``anchor_center`` in a random direction, one pixel at a time, to
+    the first position where it no longer overlaps the anchor but touches it (4-neighbours)."""
+    size = rows.shape[0]
+    phi = float(rng.uniform(0.0, 2.0 * math.pi))
+    step = np.array([math.sin(phi), math.cos(phi)])
+    for t in range(1, 2 * size):
+        cy, cx = np.round(np.array(anchor_center) + t * step)
+        if not (0 <= cy < size and 0 <= cx < size):
+            return None
+        shape = _shape_mask(name, rows - cy, cols - cx, look.radius, look.angle)
+        if not (shape & anchor_mask).any():
+            return ((float(cy), float(cx)), shape) if (_dilate(shape) & anchor_mask).any() else None
+    return None
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Binary dilation with a 3x3 cross (one step)."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _count_parts(mask: np.ndarray) -> int:
+    """Number of 4-connected components of ``mask``."""
+    from scipy import ndimage
+
+    return int(ndimage.label(mask)[1])
+
+
+def _anchored_texture(look: _Look, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """The object's fill, with its pattern fixed to the object's centre so copies match."""
+    colour = np.array(look.colour)
+    fill = np.empty((*dy.shape, 3))
+    fill[:] = colour
+    if look.texture == "solid":
+        return fill
+    other = colour * 0.45 if colour.mean() > 110 else colour + (255.0 - colour) * 0.6
+    if look.texture == "stripes":
+        phase = (dy * math.cos(look.theta) + dx * math.sin(look.theta)) / look.period
+        alt = (np.floor(phase) % 2).astype(bool)
+    else:  # checker
+        alt = ((np.floor(dy / look.cell) + np.floor(dx / look.cell)) % 2).astype(bool)
+    fill[alt] = other
+    return fill
+
+
 # -- rendering ---------------------------------------------------------------------------------
 def _render(
     rng: np.random.Generator,
@@ -238,7 +539,11 @@ def _render(
 
 
 def _keeps_others_visible(
-    inst: np.ndarray, shape: np.ndarray, placed: list[dict], min_visible: float
+    inst: np.ndarray,
+    shape: np.ndarray,
+    placed: list[dict],
+    min_visible: float,
+    min_pixels: int = _MIN_PIXELS,
 ) -> bool:
     """Whether drawing ``shape`` on top leaves every earlier object enough visible pixels."""
     if not placed:
@@ -247,7 +552,7 @@ def _keeps_others_visible(
     before = np.bincount(inst.ravel(), minlength=len(placed) + 1)
     for o in placed:
         left = before[o["instance_id"]] - covered[o["instance_id"]]
-        if left < max(_MIN_PIXELS, min_visible * o["area"]):
+        if left < max(min_pixels, min_visible * o["area"]):
             return False
     return True
 
@@ -325,6 +630,8 @@ def _shape_mask(name: str, dy: np.ndarray, dx: np.ndarray, r: float, angle: floa
     if name == "cross":
         au, av, arm = np.abs(u), np.abs(v), 0.3 * r
         return ((au <= arm) & (av <= r)) | ((av <= arm) & (au <= r))
+    if name == "bar":  # long and thin: half-length r
+        return (np.abs(u) <= r) & (np.abs(v) <= _BAR_HALF_WIDTH * r)
     if name == "triangle":  # equilateral, circumradius 1.2 r: three half-planes at the inradius
         inner = 0.6 * r
         out = np.ones(u.shape, dtype=bool)
@@ -332,7 +639,7 @@ def _shape_mask(name: str, dy: np.ndarray, dx: np.ndarray, r: float, angle: floa
             a = 2.0 * math.pi * k / 3.0
             out &= u * math.cos(a) + v * math.sin(a) <= inner
         return out
-    raise DataError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+    raise DataError(f"unknown shape {name!r}; choose from {', '.join(BINDING_SHAPES)}")
 
 
 def _check_args(

@@ -1,0 +1,513 @@
+"""Recipes for the three ``vit-binding-*`` models: one ViT architecture, three training signals.
+
+All three are the same small ViT (6 blocks, width 96, 4 heads, 8-px patches on 64-px images)
+trained on the binding scenes of ``workbench.data.scenes.make_binding_scenes`` (large objects,
+identical duplicates, touching objects, occluded objects cut into parts):
+
+- ``vit-binding-mae``: masked autoencoding (MAE): 75% of the patches are hidden and a small
+  decoder reconstructs their per-patch-normalised pixels from the encoder's view of the rest.
+  Saved as a ViTMAE encoder (the loader runs it with masking off); the decoder is dropped.
+- ``vit-binding-contrast``: contrastive (SimCLR-style InfoNCE): two random crops of a scene, with
+  independent colour-channel permutations and brightness/contrast changes, must pick each other
+  out among the batch, so colour alone does not match them; shapes and layout must.
+- ``vit-binding-sup``: supervised: which shape classes appear (one sigmoid each), plus a
+  throw-away per-patch class head that speeds learning up on a CPU budget (as ``vit-scenes``).
+
+The random-init control is not a zoo model: ``LoadedModel.random_init_copy`` makes it. Training
+is seeded and the scenes deterministic; held-out metrics come from scenes of another seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from workbench.data.scenes import Scenes, make_binding_scenes, patch_labels
+from workbench.zoo.registry import ZooEntry
+from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+
+ARCHITECTURE = "6-layer ViT (width 96, 4 heads, 8-px patches, 64-px images)"
+ENTRIES = (
+    ZooEntry(
+        name="vit-binding-mae",
+        family="vit",
+        description=f"{ARCHITECTURE} trained by masked autoencoding (MAE, 75% masked) on the "
+        "binding scenes (workbench.data.scenes.make_binding_scenes); ViTMAE encoder",
+        recipe=__name__,
+        seed=0,
+        builder="build_mae",
+    ),
+    ZooEntry(
+        name="vit-binding-contrast",
+        family="vit",
+        description=f"{ARCHITECTURE} trained contrastively (InfoNCE between two colour-shuffled "
+        "crops of a scene) on the binding scenes",
+        recipe=__name__,
+        seed=0,
+        builder="build_contrast",
+    ),
+    ZooEntry(
+        name="vit-binding-sup",
+        family="vit",
+        description=f"{ARCHITECTURE} trained supervised (which shapes appear, plus a per-patch "
+        "class head) on the binding scenes",
+        recipe=__name__,
+        seed=0,
+        builder="build_supervised",
+    ),
+)
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+HIDDEN = 96
+LAYERS = 6
+HEADS = 4
+MLP = 384
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+SCENE_KWARGS: dict[str, Any] = {"size": IMAGE_SIZE}
+"""Options for ``make_binding_scenes`` in training and evaluation (its defaults otherwise)."""
+TRAIN_SIZE = 4_000
+EVAL_SIZE = 500
+EVAL_SEED_OFFSET = 10_000  # held-out scenes come from seed + this, never seen in training
+BATCH_SIZE = 64
+WEIGHT_DECAY = 0.05
+WARMUP_FRACTION = 0.05
+MAX_THREADS = 1
+MAE_STEPS, MAE_LR, MAE_MASK_RATIO = 1500, 1.5e-3, 0.75
+CONTRAST_STEPS, CONTRAST_LR, CONTRAST_TEMPERATURE = 450, 1e-3, 0.2
+SUPERVISED_STEPS, SUPERVISED_LR = 1000, 1e-3
+
+
+def encoder_kwargs() -> dict[str, Any]:
+    """The encoder every recipe shares (ViTConfig and ViTMAEConfig take the same keywords)."""
+    return dict(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        num_channels=3,
+    )
+
+
+def to_pixel_values(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as the saved preprocessor does."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# -- builders ----------------------------------------------------------------------------------
+def build_mae(out_dir: Path, seed: int) -> dict:
+    """Masked autoencoding; saves the encoder as a ViTMAE model with ``mask_ratio`` 0."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    def make() -> torch.nn.Module:
+        config = ViTMAEConfig(
+            **encoder_kwargs(),
+            decoder_hidden_size=64,
+            decoder_num_hidden_layers=2,
+            decoder_num_attention_heads=4,
+            decoder_intermediate_size=256,
+            mask_ratio=MAE_MASK_RATIO,
+            norm_pix_loss=True,
+        )
+        return ViTMAEForPreTraining(config)
+
+    def loss_fn(model: torch.nn.Module, x: torch.Tensor, _batch: dict, gen: torch.Generator):
+        noise = torch.rand(x.shape[0], (IMAGE_SIZE // PATCH_SIZE) ** 2, generator=gen)
+        return model(pixel_values=x, noise=noise).loss
+
+    def evaluate(model: torch.nn.Module, held: Scenes) -> dict:
+        return evaluate_mae(model, held, seed)
+
+    def encoder(model: torch.nn.Module) -> torch.nn.Module:
+        enc = model.vit
+        enc.config.mask_ratio = 0.0
+        enc.config.architectures = ["ViTMAEModel"]
+        return enc
+
+    return _build(
+        "vit-binding-mae",
+        out_dir,
+        seed,
+        make=make,
+        loss_fn=loss_fn,
+        steps=MAE_STEPS,
+        lr=MAE_LR,
+        evaluate=evaluate,
+        to_save=encoder,
+        details={
+            "objective": f"MAE: reconstruct the per-patch-normalised pixels of {MAE_MASK_RATIO:.0%}"
+            " randomly masked patches (decoder: 2 blocks, width 64, dropped after training)",
+            "saved": "ViTMAEModel encoder, config.mask_ratio = 0",
+        },
+    )
+
+
+def build_contrast(out_dir: Path, seed: int) -> dict:
+    """InfoNCE between two augmented views of each scene; the projection head is dropped."""
+    from transformers import ViTConfig, ViTModel
+
+    def make() -> torch.nn.Module:
+        model = ViTModel(ViTConfig(**encoder_kwargs()))  # the unused pooler is saved too
+        model.projection = torch.nn.Sequential(
+            torch.nn.Linear(HIDDEN, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)
+        )
+        return model
+
+    def loss_fn(model: torch.nn.Module, x: torch.Tensor, _batch: dict, gen: torch.Generator):
+        views = torch.cat([augment_view(x, gen), augment_view(x, gen)])
+        z = F.normalize(model.projection(model(pixel_values=views).last_hidden_state[:, 0]), dim=1)
+        return info_nce(z, CONTRAST_TEMPERATURE)
+
+    def evaluate(model: torch.nn.Module, held: Scenes) -> dict:
+        return evaluate_contrast(model, held, seed)
+
+    def encoder(model: torch.nn.Module) -> torch.nn.Module:
+        del model.projection
+        model.config.architectures = ["ViTModel"]
+        return model
+
+    return _build(
+        "vit-binding-contrast",
+        out_dir,
+        seed,
+        make=make,
+        loss_fn=loss_fn,
+        steps=CONTRAST_STEPS,
+        lr=CONTRAST_LR,
+        evaluate=evaluate,
+        to_save=encoder,
+        details={
+            "objective": "InfoNCE (temperature "
+            f"{CONTRAST_TEMPERATURE}) between the CLS tokens (through a discarded 2-layer "
+            "projection) of two views of each scene: random resized crops (scale 0.35-1), flips, "
+            "colour-channel permutation, brightness and contrast jitter",
+            "saved": "ViTModel (its pooler is untrained and unused); projection head dropped",
+        },
+    )
+
+
+def build_supervised(out_dir: Path, seed: int) -> dict:
+    """Which shapes appear (multi-label BCE) plus a discarded per-patch class head."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    def make() -> torch.nn.Module:
+        names = _class_names()
+        config = ViTConfig(
+            **encoder_kwargs(),
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            problem_type="multi_label_classification",
+        )
+        model = ViTForImageClassification(config)
+        model.patch_head = torch.nn.Linear(HIDDEN, len(names) + 1)
+        return model
+
+    def loss_fn(model: torch.nn.Module, x: torch.Tensor, batch: dict, _gen: torch.Generator):
+        out = model(pixel_values=x, labels=batch["present"], output_hidden_states=True)
+        tokens = model.vit.layernorm(out.hidden_states[-1][:, 1:])
+        dense = F.cross_entropy(
+            model.patch_head(tokens).flatten(0, 1), batch["patch_classes"].flatten()
+        )
+        return out.loss + dense
+
+    def evaluate(model: torch.nn.Module, held: Scenes) -> dict:
+        return evaluate_supervised(model, held)
+
+    def encoder(model: torch.nn.Module) -> torch.nn.Module:
+        del model.patch_head
+        return model
+
+    return _build(
+        "vit-binding-sup",
+        out_dir,
+        seed,
+        make=make,
+        loss_fn=loss_fn,
+        steps=SUPERVISED_STEPS,
+        lr=SUPERVISED_LR,
+        evaluate=evaluate,
+        to_save=encoder,
+        details={
+            "objective": "BCE on which shape classes are present (classifier on the CLS token) + "
+            "cross-entropy of each patch's class from the final patch tokens via a discarded "
+            "linear head",
+            "saved": "ViTForImageClassification (classifier kept, patch head dropped)",
+            "classes": list(_class_names()),
+        },
+    )
+
+
+# -- the shared loop ---------------------------------------------------------------------------
+def _build(
+    name: str,
+    out_dir: Path,
+    seed: int,
+    *,
+    make: Callable[[], torch.nn.Module],
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, dict, torch.Generator], torch.Tensor],
+    steps: int,
+    lr: float,
+    evaluate: Callable[[torch.nn.Module, Scenes], dict],
+    to_save: Callable[[torch.nn.Module], torch.nn.Module],
+    details: dict[str, Any],
+) -> dict:
+    """Render scenes, train, evaluate the fp16 weights on held-out scenes, save atomically."""
+    import transformers
+
+    start = time.perf_counter()
+    with torch_threads(MAX_THREADS):
+        torch.manual_seed(seed)
+        train = make_binding_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
+        held = make_binding_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
+        model = make()
+        final_loss = _train(name, model, train, loss_fn, steps, lr, seed)
+        model = model.half().float()  # evaluate exactly the fp16 weights that are saved
+        metrics = evaluate(model, held)
+        model = to_save(model).half()
+    metrics["final_train_loss"] = round(final_loss, 4)
+    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
+    recipe = {
+        "name": name,
+        "recipe": __name__,
+        "seed": seed,
+        "metrics": metrics,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "architecture": ARCHITECTURE,
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+        "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",
+        "train_size": TRAIN_SIZE,
+        "train_seed": seed,
+        "eval_size": EVAL_SIZE,
+        "eval_seed": seed + EVAL_SEED_OFFSET,
+        "scenes": "workbench.data.scenes.make_binding_scenes(n, seed=..., **scene_kwargs)",
+        "scene_kwargs": SCENE_KWARGS,
+        "steps": steps,
+        "batch_size": BATCH_SIZE,
+        "optimizer": f"AdamW lr={lr} weight_decay={WEIGHT_DECAY}, warmup + cosine",
+        "augmentation": "random horizontal/vertical flips and transposes",
+        **details,
+    }
+    save_atomically(out_dir, lambda tmp: _write(model, tmp), recipe)
+    return metrics
+
+
+def _train(
+    name: str,
+    model: torch.nn.Module,
+    scenes: Scenes,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, dict, torch.Generator], torch.Tensor],
+    steps: int,
+    lr: float,
+    seed: int,
+) -> float:
+    """AdamW with warm-up and cosine decay; returns the mean loss of the last tenth of steps."""
+    present = torch.from_numpy(_present(scenes).astype(np.float32))
+    patch_classes = torch.from_numpy(
+        patch_labels(scenes.class_ids, PATCH_SIZE, min_fraction=0.0).astype(np.int64)
+    )
+    params = list(model.parameters())
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, steps)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses: list[float] = []
+    order = torch.randperm(len(scenes), generator=gen)
+    cursor = 0
+    bar = tqdm(total=steps, desc=f"train {name}", unit="step")
+    for _step in range(steps):
+        if cursor + BATCH_SIZE > len(order):
+            order, cursor = torch.randperm(len(scenes), generator=gen), 0
+        idx = order[cursor : cursor + BATCH_SIZE]
+        cursor += BATCH_SIZE
+        x, grid = flip_augment(to_pixel_values(scenes.images[idx.numpy()]), patch_classes[idx], gen)
+        batch = {"present": present[idx], "patch_classes": grid}
+        loss = loss_fn(model, x, batch, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.update()
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    return float(np.mean(losses[-max(1, steps // 10) :]))
+
+
+def flip_augment(
+    x: torch.Tensor, patches: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and transposes per image, applied alike to the per-patch grid."""
+    x = x.clone()
+    side = IMAGE_SIZE // PATCH_SIZE
+    grid = patches.view(-1, side, side).clone()
+    for op in ("hflip", "vflip", "transpose"):
+        pick = torch.rand(x.shape[0], generator=gen) < 0.5
+        if not pick.any():
+            continue
+        if op == "hflip":
+            x[pick], grid[pick] = x[pick].flip(-1), grid[pick].flip(-1)
+        elif op == "vflip":
+            x[pick], grid[pick] = x[pick].flip(-2), grid[pick].flip(-2)
+        else:
+            x[pick], grid[pick] = x[pick].transpose(-1, -2), grid[pick].transpose(-1, -2)
+    return x, grid.reshape(len(x), -1)
+
+
+def augment_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random resized crop (scale 0.35-1, bilinear), flip, channel permutation and jitter."""
+    n = x.shape[0]
+    scale = 0.35 + 0.65 * torch.rand(n, generator=gen)
+    aspect = torch.exp((torch.rand(n, generator=gen) - 0.5) * math.log(4 / 3) * 2)
+    sx = torch.sqrt(scale * aspect).clamp(max=1.0)
+    sy = torch.sqrt(scale / aspect).clamp(max=1.0)
+    tx = (1 - sx) * (2 * torch.rand(n, generator=gen) - 1)
+    ty = (1 - sy) * (2 * torch.rand(n, generator=gen) - 1)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    perms = torch.stack([torch.randperm(3, generator=gen) for _ in range(n)])
+    out = torch.gather(out, 1, perms[:, :, None, None].expand_as(out))
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)
+    brightness = 0.4 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return (out - mean) * contrast + mean + brightness
+
+
+def info_nce(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over 2n unit vectors where row i and row i + n are the two views of one scene."""
+    n = z.shape[0] // 2
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+# -- held-out metrics --------------------------------------------------------------------------
+def _class_names() -> tuple[str, ...]:
+    return tuple(make_binding_scenes(1, **SCENE_KWARGS).class_names[1:])
+
+
+def _present(scenes: Scenes) -> np.ndarray:
+    return scenes.present()
+
+
+@torch.no_grad()
+def evaluate_mae(model: torch.nn.Module, scenes: Scenes, seed: int) -> dict:
+    """Masked-patch reconstruction error on held-out scenes, against predicting zeros.
+
+    Targets are per-patch normalised pixels, so predicting each patch's own mean (zero) scores
+    about 1.0; a model that learned nothing cannot do better than that.
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses = []
+    for i in range(0, len(scenes), 100):
+        x = to_pixel_values(scenes.images[i : i + 100])
+        noise = torch.rand(x.shape[0], (IMAGE_SIZE // PATCH_SIZE) ** 2, generator=gen)
+        losses.append(float(model(pixel_values=x, noise=noise).loss) * len(x))
+    return {
+        "eval_scenes": len(scenes),
+        "masked_patch_mse": round(sum(losses) / len(scenes), 4),
+        "baseline_mse_predict_patch_mean": 1.0,
+    }
+
+
+@torch.no_grad()
+def evaluate_contrast(model: torch.nn.Module, scenes: Scenes, seed: int) -> dict:
+    """Top-1 retrieval of a scene's second view among all held-out views, and its chance."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = to_pixel_values(scenes.images)
+    views = [augment_view(x, gen), augment_view(x, gen)]
+    z = [
+        F.normalize(
+            torch.cat(
+                [
+                    model.projection(model(pixel_values=v[i : i + 100]).last_hidden_state[:, 0])
+                    for i in range(0, len(v), 100)
+                ]
+            ),
+            dim=1,
+        )
+        for v in views
+    ]
+    hits = (z[0] @ z[1].T).argmax(dim=1) == torch.arange(len(scenes))
+    loss = info_nce(torch.cat(z), CONTRAST_TEMPERATURE)
+    return {
+        "eval_scenes": len(scenes),
+        "view_retrieval_top1": round(float(hits.float().mean()), 4),
+        "chance_view_retrieval_top1": round(1.0 / len(scenes), 4),
+        "eval_info_nce": round(float(loss), 4),
+        "chance_info_nce": round(math.log(2 * len(scenes) - 1), 4),
+    }
+
+
+@torch.no_grad()
+def evaluate_supervised(model: torch.nn.Module, scenes: Scenes) -> dict:
+    """Per-label accuracy and macro F1 of "which shapes appear", with the majority baselines."""
+    model.eval()
+    truth = _present(scenes)
+    logits = torch.cat(
+        [
+            model(pixel_values=to_pixel_values(scenes.images[i : i + 100])).logits
+            for i in range(0, len(scenes), 100)
+        ]
+    )
+    pred = (logits > 0).numpy()
+    tp = (pred & truth).sum(axis=0)
+    fp = (pred & ~truth).sum(axis=0)
+    fn = (~pred & truth).sum(axis=0)
+    f1 = 2 * tp / np.maximum(1, 2 * tp + fp + fn)
+    majority = np.maximum(truth.mean(axis=0), 1 - truth.mean(axis=0))
+    names = scenes.class_names[1:]
+    return {
+        "eval_scenes": len(scenes),
+        "label_accuracy": round(float((pred == truth).mean()), 4),
+        "chance_label_accuracy": round(float(majority.mean()), 4),
+        "macro_f1": round(float(f1.mean()), 4),
+        "f1": {name: round(float(v), 4) for name, v in zip(names, f1, strict=True)},
+        "exact_match": round(float((pred == truth).all(axis=1).mean()), 4),
+    }
+
+
+def _write(model: torch.nn.Module, folder: Path) -> None:
+    """The Hugging Face files: config, fp16 weights, and a preprocessor config without resizing."""
+    model.save_pretrained(folder)
+    preprocessor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": False,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
