@@ -247,6 +247,18 @@ def assert_live_widgets(page, name: str) -> None:
         assert fallback not in text, f"{name}: a widget shows {fallback!r} instead of a view"
 
 
+FIGURES_JS = """() => Array.from(document.querySelectorAll('.jp-RenderedPlotly')).map(el =>
+  el.querySelector('.plot-container .main-svg') !== null ||
+  (el.querySelector('img.plot-img') || {src: ''}).src.startsWith('data:image/png'))"""
+
+
+def assert_figures_drawn(page, name: str) -> None:
+    """Every plotly output is drawn: as a live plot, or as the PNG snapshot JupyterLab's
+    plotly renderer swaps in after drawing (it redraws the live plot on mouse-over)."""
+    drawn = page.evaluate(FIGURES_JS)
+    assert drawn and all(drawn), f"{name}: {drawn.count(False)} of {len(drawn)} figures not drawn"
+
+
 def assert_clean(page, name: str) -> None:
     watch = page.watch
     assert not watch.remote, f"{name}: requests left the machine: {watch.remote[:5]}"
@@ -282,17 +294,52 @@ def change_atlas_explorer(page) -> tuple[list[str], list[str]]:
     return before, handle.evaluate(LEGEND_JS)
 
 
+def change_pmi_explorer(page) -> tuple[list[str], list[str]]:
+    """Pick one slot: the strip's legend names it; hover a token: the panel explains it."""
+    explorer = page.locator(".widget-vbox").filter(has=page.locator(".wb-token-picker")).last
+    explorer.scroll_into_view_if_needed()
+    handle = explorer.element_handle()
+    page.wait_for_function(f"el => ({LEGEND_JS})(el).length > 0", arg=handle, timeout=30_000)
+    before = handle.evaluate(LEGEND_JS)
+    explorer.locator(".widget-dropdown select").nth(1).select_option(label="slot 3")
+    page.wait_for_function(
+        f"el => ({LEGEND_JS})(el).some(t => t.includes('slot 3'))", arg=handle, timeout=30_000
+    )
+    explorer.locator(".wb-token-picker span").last.hover()
+    explorer.get_by_text("written by", exact=True).wait_for(timeout=30_000)
+    return before, handle.evaluate(LEGEND_JS)
+
+
+def change_binding_explorer(page) -> tuple[str, str]:
+    """Click a patch on the image: the overlay is recomputed for that patch as the query."""
+    picker = page.locator(".wb-patch-picker").last
+    picker.scroll_into_view_if_needed()
+    title = picker.locator("div").first
+    before = title.inner_text()
+    canvas = picker.locator("canvas")
+    box = canvas.bounding_box()
+    assert box and box["width"] > 50, "the patch picker drew no image"
+    canvas.click(position={"x": 0.1 * box["width"], "y": 0.1 * box["height"]})
+    page.wait_for_function(
+        "([el, old]) => el.textContent !== old", arg=[title.element_handle(), before]
+    )
+    return before, title.inner_text()
+
+
 CONTROLS: dict[str, Callable] = {
     "00_tour.ipynb": change_atlas_explorer,
     "atlas.ipynb": change_atlas_explorer,
+    "pmi.ipynb": change_pmi_explorer,
+    "binding.ipynb": change_binding_explorer,
 }
 
 
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_notebook_runs_in_jupyterlab_with_live_widgets(lab, page, name):
     run_notebook(page, lab, name)
+    screenshot(page, f"{name.removesuffix('.ipynb')}-run")
     assert_live_widgets(page, name)
-    assert page.locator(".jp-OutputArea-output .js-plotly-plot").count() > 0
+    assert_figures_drawn(page, name)
     before, after = CONTROLS[name](page)
     screenshot(page, name.removesuffix(".ipynb"))
     assert before and after and before != after, f"{name}: the figure did not change"

@@ -37,10 +37,9 @@ class BindingExplorer(widgets.VBox):
             description="image",
         )
         self.info = widgets.HTML()
-        self.picker = PatchPicker(
-            a["show_images"][0], self.patch_size, on_select=lambda _i: self.redraw()
-        )
+        self.picker = PatchPicker(a["show_images"][0], self.patch_size)
         self.picker.selected = int(a["show_query"][0])
+        self.picker.on_select = lambda _i: self.redraw()
         self._updating = False
         self._refresh_choices()
         self.source.observe(self._on_source, names="value")
