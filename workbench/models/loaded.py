@@ -253,9 +253,27 @@ class LoadedModel:
                 f"  weights     blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(roles)}}} "
                 "(each also a site NAME.input / NAME.output)"
             )
-        others = [n for n in self.sites if not n.startswith("blocks.")]
+        others = _grouped([n for n in self.sites if not n.startswith("blocks.")], self.n_layers)
         if others:
             lines.append(f"              {', '.join(others)}")
         if self.source is not None:
             lines.append(f"  source      {self.source}")
         return "\n".join(lines)
+
+
+def _grouped(names: list[str], n_layers: int) -> list[str]:
+    """Per-layer site names such as ``ssm.3.fwd.h`` shown once as ``ssm.{0..N}.{fwd.h, ...}``."""
+    groups: dict[str, list[str]] = {}
+    loose = []
+    for name in names:
+        head, _, rest = name.partition(".")
+        index, _, kind = rest.partition(".")
+        if index.isdigit() and kind and not kind.endswith((".input", ".output")):
+            groups.setdefault(head, []).append(kind)
+        elif not name.endswith((".input", ".output")):
+            loose.append(name)
+    shown = [
+        f"{head}.{{0..{n_layers - 1}}}.{{{', '.join(dict.fromkeys(kinds))}}}"
+        for head, kinds in groups.items()
+    ]
+    return shown + loose
