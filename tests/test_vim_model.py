@@ -332,3 +332,44 @@ def test_random_init_copy_and_named_weights(tiny_vim):
     w = tiny_vim.weight("blocks.0.mixer.W_in")
     assert w.shape == (64, 16)
     assert w.data_ptr() == tiny_vim.model.layers[0].mixer.in_proj.weight.data_ptr()
+
+
+def test_vim_scenes_checkpoint_matches_its_recipe():
+    import hashlib
+    import json
+
+    from workbench.zoo import ZOO, zoo_path
+
+    folder = zoo_path("vim-scenes")
+    weights = folder / "model.safetensors"
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert weights.stat().st_size <= 5 * 2**20
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == recipe["model_sha256"]
+    assert recipe["seed"] == ZOO["vim-scenes"].seed and recipe["partner"] == "zoo:vit-scenes"
+    lm = load_model("zoo:vim-scenes")
+    assert lm.family == "vim" and lm.image_size == 64 and lm.patch_size == 8
+    assert {p.dtype for p in lm.model.parameters()} == {torch.float32}
+
+
+# Measured on these 256 scenes: label accuracy 0.70 against a majority-class chance of 0.53,
+# macro F1 0.67 (vit-scenes: 0.65 on its own held-out set).
+LABEL_MARGIN = 0.1
+MACRO_F1_FLOOR = 0.58
+
+
+@pytest.mark.slow
+def test_vim_scenes_recognises_shapes_in_held_out_scenes():
+    from workbench.data.scenes import make_scenes
+    from workbench.models.vim import flush_denormals
+    from workbench.zoo.vit_scenes import predict
+
+    lm = load_model("zoo:vim-scenes")
+    held = make_scenes(256, size=64, seed=4242)
+    truth = held.present()
+    with flush_denormals():
+        pred = predict(lm.model, held.images, batch_size=32)
+    chance = np.maximum(truth.mean(0), 1 - truth.mean(0)).mean()
+    tp, fp, fn = ((pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0))
+    macro_f1 = (2 * tp / np.maximum(1, 2 * tp + fp + fn)).mean()
+    assert (pred == truth).mean() > chance + LABEL_MARGIN
+    assert macro_f1 > MACRO_F1_FLOOR

@@ -119,8 +119,9 @@ def class_token_maps(result: ProbeResult) -> go.Figure:
         columns,
         f"Where the class token looks<br><sup>{_spec(result)}: brighter = more of the class "
         f"token's hidden attention (averaged over both scans; layers ≥ {m['rollout_start']}). "
-        f"Share on object patches: {mass}; objects cover {m['object_area']:.0%} of the "
-        "patches, the share a map blind to objects would get.</sup>",
+        f"Share on object patches (at least half covered by an object): {mass}; they are "
+        f"{m['object_area']:.0%} of the patches, the share a map blind to objects would get. "
+        f"Mean over {m['n_maps']} scenes.</sup>",
     )
 
 
@@ -436,8 +437,11 @@ def attention_matrix_figure(
             row=1,
             col=k + 1,
         )
-    fig.update_xaxes(title_text="source token j", constrain="domain")
-    fig.update_yaxes(title_text="output token i", autorange="reversed", scaleanchor="x")
+    L = a["attention"].shape[-1]
+    fig.update_xaxes(title_text="source token j", constrain="domain", range=[-0.5, L - 0.5])
+    fig.update_yaxes(
+        title_text="output token i", range=[L - 0.5, -0.5], scaleanchor="x", constrain="domain"
+    )
     fig.update_yaxes(scaleanchor="x2", row=1, col=2)
     fig.update_layout(
         template=TEMPLATE,
