@@ -233,8 +233,9 @@ class LoadedModel:
         return self._digest
 
     def __repr__(self) -> str:
-        per_block = [n.split(".", 2)[2] for n in self.sites if n.startswith("blocks.")]
-        kinds = sorted({k for k in per_block if not k.endswith((".input", ".output"))})
+        weight_sites = {f"{w}.{end}" for w in self.weights for end in ("input", "output")}
+        activations = [n for n in self.sites if n not in weight_sites]
+        kinds = sorted({n.split(".", 2)[2] for n in activations if n.startswith("blocks.")})
         lines = [
             f"LoadedModel({self.spec!r})",
             f"  family      {self.family} ({self.model_type}, backend {self.backend})",
@@ -253,7 +254,7 @@ class LoadedModel:
                 f"  weights     blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(roles)}}} "
                 "(each also a site NAME.input / NAME.output)"
             )
-        others = [n for n in self.sites if not n.startswith("blocks.")]
+        others = [n for n in activations if not n.startswith("blocks.")]
         if others:
             lines.append(f"              {_summarise_sites(others)}")
         if self.source is not None:

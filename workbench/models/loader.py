@@ -21,6 +21,9 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra"}
 OWN_FAMILIES = {"vim": "workbench.models.vim", "pmi": "workbench.models.pmi"}
 """Families whose model code lives in the workbench: ``config.json``'s ``model_type`` is the
 family name, and the module's ``load(spec, folder, config, dtype=...) -> LoadedModel`` loads it."""
+CHECKPOINT_FILES = {".pth": "vim", ".pt": "vim"}
+"""Single-file checkpoints (a pickled training checkpoint, as Vim releases its weights) and the
+family that reads them; that family's ``load`` gets the file as ``folder`` and an empty config."""
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -90,8 +93,13 @@ def resolve_spec(spec: str) -> Path:
         return zoo_path(spec.removeprefix("zoo:"))
     path = Path(spec).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix in CHECKPOINT_FILES:
+            return path
         if not path.is_dir():
-            raise ModelNotFoundError(f"{spec} is a file; point load_model at the model's folder")
+            raise ModelNotFoundError(
+                f"{spec} is a file; point load_model at the model's folder (single files are "
+                f"read only as {', '.join(CHECKPOINT_FILES)} checkpoints)"
+            )
         return path
     if spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
         raise ModelNotFoundError(
@@ -120,6 +128,8 @@ def _from_hub(repo_id: str) -> Path:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
+    if folder.is_file():  # a checkpoint file: its family reads the rest from the weights
+        return {"model_type": CHECKPOINT_FILES[folder.suffix]}
     path = folder / "config.json"
     if not path.is_file():
         raise ModelNotFoundError(
@@ -130,6 +140,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _check_files(folder: Path, family: str) -> None:
+    if folder.is_file():
+        return
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise ModelNotFoundError(
             f"{folder} is missing its weights: expected model.safetensors (or one of "

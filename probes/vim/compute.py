@@ -1,0 +1,296 @@
+"""Pure tensor functions of the vim probe: hidden attention, memory decay, states, branch shares.
+
+Notation (one scan direction, positions in scan order): Δ (batch, L, E) after softplus,
+A = −exp(A_log) (E, N), B, C (batch, L, N), and S = cumsum(Δ) over positions. Mamba's state is
+h_i = Σ_{j≤i} (Π_{k=j+1..i} exp(Δ_k A)) Δ_j B_j x_j, so its output y_i = C_i · h_i + D x_i is
+y_i = Σ_j α_ij x_j + D x_i with the hidden attention ("The Hidden Attention of Mamba Models")
+
+    α_ij[e] = Σ_n C_i[n] exp(A[e, n] (S_i[e] − S_j[e])) B_j[n] Δ_j[e]   for j ≤ i, else 0,
+
+because A is constant per (channel, state), so the product of decays telescopes into the
+difference of cumulative sums. Every exponent used below is ≤ 0, so nothing overflows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from workbench.errors import DataError
+
+# -- hidden attention --------------------------------------------------------------------------
+
+
+def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _pad_positions(t: torch.Tensor, pad: int, value: float | None = None) -> torch.Tensor:
+    """Pad dim 1 by ``pad`` positions with zeros, or by repeating the last one (value None)."""
+    if pad == 0:
+        return t
+    tail = (
+        t[:, -1:].expand(-1, pad, *t.shape[2:])
+        if value is None
+        else t.new_zeros(t.shape[0], pad, *t.shape[2:])
+    )
+    return torch.cat([t, tail], dim=1)
+
+
+ATTENTION_PASS_ELEMENTS = 2**24
+"""Channels per pass of ``hidden_attention`` are chosen so that its largest intermediate holds
+about this many numbers (64 MiB in float32)."""
+
+
+def default_block(length: int) -> int:
+    """Positions per block: about sqrt(L), which balances the two parts of the computation."""
+    return max(4, min(32, round(math.sqrt(length))))
+
+
+def hidden_attention(
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    block: int | None = None,
+    channels_per_pass: int | None = None,
+) -> torch.Tensor:
+    """α (batch, E, L, L) for one scan direction, vectorised with cumulative sums of Δ.
+
+    Positions are split into blocks of ``block``. Inside a diagonal block the decays
+    exp(A (S_i − S_j)) are formed directly; between blocks they factor through the block
+    boundaries, exp(A (S_i − S_r)) · exp(A (S_r − S_e)) · exp(A (S_e − S_j)) with r the end of the
+    block before i's and e the end of j's block, so the off-diagonal part is a batched matrix
+    product over the N states, and every exponent is ≤ 0. Channels are processed
+    ``channels_per_pass`` at a time to bound memory.
+    """
+    _check_scan_inputs(delta, A, B, C)
+    batch, L, E = delta.shape
+    T = block or default_block(L)
+    n_blocks = math.ceil(L / T)
+    # The largest intermediates hold batch x padded L x channels x N numbers (times 2).
+    per_channel = 2 * batch * n_blocks * T * A.shape[1]
+    step = min(E, channels_per_pass or max(1, ATTENTION_PASS_ELEMENTS // per_channel))
+    parts = [
+        _hidden_attention_channels(delta[..., c : c + step], A[c : c + step], B, C, T)
+        for c in range(0, E, step)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _hidden_attention_channels(
+    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, T: int
+) -> torch.Tensor:
+    dtype = _work_dtype(delta, A, B, C)
+    batch, L, E = delta.shape
+    N = A.shape[-1]
+    nb = math.ceil(L / T)
+    P = nb * T
+    A = A.to(dtype)
+    S = _pad_positions(torch.cumsum(delta.double(), dim=1), P - L)  # Δ = 0 in the padding
+    d = _pad_positions(delta.to(dtype), P - L, 0.0)
+    Bp = _pad_positions(B.to(dtype), P - L, 0.0)
+    Cp = _pad_positions(C.to(dtype), P - L, 0.0)
+    alpha = torch.zeros(batch, E, P, P, dtype=dtype, device=delta.device)
+
+    # Across blocks: ``state`` (batch, E, source j, N) holds each earlier source's contribution
+    # to the state at the current block boundary, decayed to there; block I's rows read it
+    # through C_i exp(A (S_i − S_boundary)).
+    Sb = S.view(batch, nb, T, E)
+    ends = Sb[:, :, -1]  # S at the last position of each block
+    refs = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)  # S before each block
+    left = Cp.view(batch, nb, T, 1, N) * torch.exp(
+        ((Sb - refs[:, :, None]).to(dtype))[..., None] * A
+    )  # (batch, nb, T, E, N)
+    right = (Bp[:, :, None, :] * d[..., None]).view(batch, nb, T, E, N) * torch.exp(
+        ((ends[:, :, None] - Sb).to(dtype))[..., None] * A
+    )  # B_j Δ_j exp(A (S_block-end − S_j))
+    through = torch.exp(((ends - refs).to(dtype))[..., None] * A)  # whole-block decay (b, nb, E, N)
+    state = torch.zeros(batch, E, P, N, dtype=dtype, device=delta.device)
+    for block in range(nb):
+        start, stop = block * T, (block + 1) * T
+        if block:
+            rows = left[:, block].transpose(1, 2)  # (batch, E, T, N)
+            earlier = state[:, :, :start].flatten(0, 1)  # (batch E, start, N)
+            product = torch.bmm(rows.flatten(0, 1), earlier.transpose(1, 2))
+            alpha[:, :, start:stop, :start] = product.view(batch, E, T, start)
+            state[:, :, :start] *= through[:, block, :, None, :]
+        state[:, :, start:stop] = right[:, block].transpose(1, 2)
+
+    # Near the diagonal (i − j < T, which covers every pair inside a block), one offset
+    # k = i − j at a time: exp(A (S_i − S_{i−k})) summed over states with C_i B_j.
+    for k in range(T):
+        gap = (S[:, k:] - S[:, : P - k]).to(dtype)  # (batch, P − k, E), ≥ 0
+        decay = torch.exp_(gap[..., None] * A)  # (batch, P − k, E, N)
+        cb = Cp[:, k:] * Bp[:, : P - k]  # C_i B_j: (batch, P − k, N)
+        weight = torch.bmm(decay.view(-1, E, N), cb.reshape(-1, N, 1)).view(gap.shape)
+        band = torch.diagonal(alpha, offset=-k, dim1=-2, dim2=-1)  # (batch, E, P − k)
+        band.copy_((weight * d[:, : P - k]).transpose(1, 2))
+    return alpha[:, :, :L, :L]
+
+
+def hidden_attention_pairwise(
+    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> torch.Tensor:
+    """The same α, one (i, j) pair at a time: the slow reference for tests and the benchmark."""
+    _check_scan_inputs(delta, A, B, C)
+    dtype = _work_dtype(delta, A, B, C)
+    batch, L, E = delta.shape
+    S = torch.cumsum(delta.double(), dim=1)
+    A = A.to(dtype)
+    out = torch.zeros(batch, E, L, L, dtype=dtype)
+    for i in range(L):
+        for j in range(i + 1):
+            decay = torch.exp((S[:, i] - S[:, j]).to(dtype)[..., None] * A)  # (batch, E, N)
+            weight = (decay * C[:, i, None, :] * B[:, j, None, :]).sum(-1)
+            out[:, :, i, j] = weight * delta[:, j]
+    return out
+
+
+def attention_row(
+    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, i: int
+) -> torch.Tensor:
+    """Row ``i`` of α, (batch, E, L), zero for j > i: cheap when only one token's row is needed.
+
+    For the class token this is its attention over the patches the scan read before it; note
+    that the decay of the row's own position i is included (Π over k = j+1..i).
+    """
+    _check_scan_inputs(delta, A, B, C)
+    dtype = _work_dtype(delta, A, B, C)
+    batch, L, E = delta.shape
+    S = torch.cumsum(delta.double(), dim=1)
+    gap = (S[:, i : i + 1] - S[:, : i + 1]).to(dtype)  # (batch, i+1, E), ≥ 0
+    decay = torch.exp(gap[..., None] * A.to(dtype))  # (batch, i+1, E, N)
+    weight = (decay * B[:, : i + 1, None, :].to(dtype) * C[:, i, None, None, :].to(dtype)).sum(-1)
+    row = torch.zeros(batch, E, L, dtype=dtype)
+    row[:, :, : i + 1] = (weight * delta[:, : i + 1].to(dtype)).transpose(1, 2)
+    return row
+
+
+def _check_scan_inputs(
+    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> None:
+    if delta.ndim != 3 or A.ndim != 2 or B.ndim != 3 or C.ndim != 3:
+        raise DataError(
+            "expected delta (batch, L, E), A (E, N), B and C (batch, L, N); got "
+            f"{tuple(delta.shape)}, {tuple(A.shape)}, {tuple(B.shape)}, {tuple(C.shape)}"
+        )
+    if delta.shape[2] != A.shape[0] or B.shape != C.shape or B.shape[:2] != delta.shape[:2]:
+        raise DataError(
+            f"shapes disagree: delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
+    if B.shape[2] != A.shape[1]:
+        raise DataError(f"B and C have {B.shape[2]} states but A has {A.shape[1]}")
+
+
+def to_token_order(alpha_backward: torch.Tensor) -> torch.Tensor:
+    """α of the backward scan (computed on the flipped sequence) in token order: flip both axes.
+
+    The result is upper-triangular: token i attends to itself and the tokens after it.
+    """
+    return alpha_backward.flip(-1, -2)
+
+
+# -- aggregation and maps ----------------------------------------------------------------------
+
+
+def channel_mean_abs(alpha: torch.Tensor) -> torch.Tensor:
+    """(…, E, L, L) -> (…, L, L): mean |α| over channels (how much j feeds i in any channel)."""
+    return alpha.abs().mean(dim=-3)
+
+
+def row_normalise(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to 1 (all-zero rows stay zero)."""
+    total = matrix.sum(axis=-1, keepdims=True)
+    return np.divide(matrix, total, out=np.zeros_like(matrix), where=total > 0)
+
+
+def rollout(matrices: np.ndarray, start: int = 0) -> np.ndarray:
+    """Attention rollout over layers ``start..``: Π of ((Â + I) / 2) with row-normalised Â.
+
+    ``matrices`` is (layers, L, L) non-negative; the result maps output tokens to input tokens.
+    """
+    layers, L, _ = matrices.shape
+    if not 0 <= start < layers:
+        raise DataError(f"rollout start layer {start} is outside 0..{layers - 1}")
+    eye = np.eye(L)
+    joint = eye
+    for layer in range(start, layers):
+        step = row_normalise(row_normalise(matrices[layer]) + eye)
+        joint = step @ joint
+    return joint
+
+
+def gradient_weights(grads: np.ndarray) -> np.ndarray:
+    """Per-token weights from residual-stream gradients (layers, L, D): max positive part,
+    scaled to [0, 1] per layer, as in the hidden-attention attribution method."""
+    s = np.clip(grads, 0, None).max(axis=-1)
+    low, high = s.min(axis=-1, keepdims=True), s.max(axis=-1, keepdims=True)
+    return np.divide(s - low, high - low, out=np.zeros_like(s), where=high > low)
+
+
+def attribution(matrices: np.ndarray, grads: np.ndarray, start: int = 0) -> np.ndarray:
+    """Rollout of attention weighted by the positive gradient of each source token (columns)."""
+    weighted = matrices * gradient_weights(grads)[:, None, :]
+    return rollout(weighted, start)
+
+
+def patch_scores(row: np.ndarray, cls_index: int) -> np.ndarray:
+    """A (…, L) row over tokens -> (…, L − 1) over patches in row-major order (class token out)."""
+    return np.concatenate([row[..., :cls_index], row[..., cls_index + 1 :]], axis=-1)
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def memory_lengths(mean_delta: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """e-folding memory length in tokens, 1 / (Δ̄ |A|), per (channel, state): (E, N).
+
+    ``mean_delta`` is each channel's mean step size Δ̄ over positions and images; a state keeps
+    exp(−1) of an input after this many tokens at that typical step size.
+    """
+    rate = mean_delta[:, None] * np.abs(A)
+    return 1.0 / np.maximum(rate, 1e-12)
+
+
+def lookback(attention: np.ndarray) -> float:
+    """Mean distance |i − j| between a token and what it reads, weighted by attention (L, L)."""
+    L = attention.shape[-1]
+    distance = np.abs(np.arange(L)[:, None] - np.arange(L)[None, :])
+    total = attention.sum()
+    return float((attention * distance).sum() / total) if total > 0 else 0.0
+
+
+def state_norms(states: torch.Tensor) -> torch.Tensor:
+    """(batch, L, E, N) hidden states -> (batch, L) Frobenius norm per position."""
+    return states.flatten(2).norm(dim=-1)
+
+
+# -- branches ----------------------------------------------------------------------------------
+
+
+def branch_contributions(
+    y_forward: torch.Tensor,
+    y_backward: torch.Tensor,
+    gate: torch.Tensor,
+    out_proj: torch.Tensor,
+    divide: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each direction adds to the residual stream, (batch, L, D) each.
+
+    The mixer output out_proj(gate ⊙ (y_f + y_b) / 2) is linear in y_f and y_b, so it splits
+    exactly into out_proj(gate ⊙ y_f) / 2 + out_proj(gate ⊙ y_b) / 2.
+    """
+    scale = 0.5 if divide else 1.0
+    w = out_proj.to(y_forward.dtype)
+    return (gate * y_forward) @ w.T * scale, (gate * y_backward) @ w.T * scale
+
+
+def forward_share(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """Per token, the forward branch's share of the two branches' squared norms: (batch, L)."""
+    f, b = forward.pow(2).sum(-1), backward.pow(2).sum(-1)
+    return f / (f + b).clamp_min(1e-30)
