@@ -11,10 +11,10 @@ import plotly.graph_objects as go
 
 from probes.vim import compute
 from probes.vim.plots import DIRECTION_COLOURS, DIRECTION_NAMES, MAP_KINDS
-from workbench.figures import TEMPLATE
+from workbench.figures import new_figure
 from workbench.models.vim import DIRECTIONS
 from workbench.results import ProbeResult
-from workbench.widgets import PatchPicker
+from workbench.widgets import FigureView, PatchPicker
 
 PATCH_ROW = "clicked patch"
 
@@ -56,9 +56,7 @@ class VimExplorer(widgets.VBox):
         self.picker = PatchPicker(
             a["images"][0], self._cell(), on_select=self._selected, title="click a patch"
         )
-        self.trajectory = go.FigureWidget(
-            layout={"template": TEMPLATE, "width": 440, "height": 380}
-        )
+        self.trajectory = FigureView()
         for control in (self.scene, self.layer, self.direction, self.view):
             control.observe(lambda _change: self.redraw(), names="value")
         super().__init__(
@@ -91,7 +89,7 @@ class VimExplorer(widgets.VBox):
         a, m = self.result.arrays, self.scene.value
         layer, view = self.layer.value, self.view.value
         if view == PATCH_ROW:
-            patch = self.picker.selected if self.picker.selected is not None else 0
+            patch = max(self.picker.selected, 0)
             token = self.token_of(patch)
             rows = a["attention"][m, layer, :, token]  # (2, L)
             k = self.direction.value
@@ -130,36 +128,40 @@ class VimExplorer(widgets.VBox):
         a = self.result.arrays
         norms = a["state_norm_maps"][self.scene.value]  # (layers, 2, L)
         selected = self.picker.selected
-        if self.view.value == PATCH_ROW and selected is not None:
+        if self.view.value == PATCH_ROW and selected >= 0:
             token, label = self.token_of(selected), f"patch {selected}"
         else:
             token, label = self.cls_index, "class token"
         layers = list(range(norms.shape[0]))
-        with self.trajectory.batch_update():
-            self.trajectory.data = []
-            for k, d in enumerate(DIRECTIONS):
-                self.trajectory.add_trace(
-                    go.Scatter(
-                        x=layers,
-                        y=norms[:, k, token],
-                        mode="lines+markers",
-                        name=DIRECTION_NAMES[d],
-                        line={"color": DIRECTION_COLOURS[d], "width": 3},
-                    )
+        fig = new_figure(
+            width=440,
+            height=380,
+            title=f"state norm at the {label}, by layer",
+            xaxis_title="layer",
+            yaxis_title="‖h‖",
+        )
+        for k, d in enumerate(DIRECTIONS):
+            fig.add_trace(
+                go.Scatter(
+                    x=layers,
+                    y=norms[:, k, token],
+                    mode="lines+markers",
+                    name=DIRECTION_NAMES[d],
+                    line={"color": DIRECTION_COLOURS[d], "width": 3},
                 )
-                self.trajectory.add_trace(
-                    go.Scatter(
-                        x=layers,
-                        y=norms[:, k].mean(axis=1),
-                        mode="lines",
-                        name=f"mean token, {DIRECTION_NAMES[d]}",
-                        line={"color": DIRECTION_COLOURS[d], "dash": "dot"},
-                    )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=layers,
+                    y=norms[:, k].mean(axis=1),
+                    mode="lines",
+                    name=f"mean token, {DIRECTION_NAMES[d]}",
+                    line={"color": DIRECTION_COLOURS[d], "dash": "dot"},
                 )
-            self.trajectory.layout.title = f"state norm at the {label}, by layer"
-            self.trajectory.layout.xaxis.title = "layer"
-            self.trajectory.layout.yaxis.title = "‖h‖"
+            )
+        self.trajectory.show(fig)
 
     def trajectory_values(self) -> np.ndarray:
         """The plotted state norms of the selected token, (2, layers) (for tests)."""
-        return np.array([self.trajectory.data[0].y, self.trajectory.data[2].y], dtype=float)
+        data = self.trajectory.figure.data
+        return np.array([data[0].y, data[2].y], dtype=float)
