@@ -43,13 +43,15 @@ def list_cmd() -> None:
             f"defaults: {', '.join(module.DEFAULT_MODELS)}"
         )
     typer.echo("zoo models (use as --model zoo:NAME):")
-    for entry in list_zoo():
+    entries = list_zoo()
+    width = max(len(e.name) for e in entries)
+    for entry in entries:
         try:
             zoo_path(entry.name)
             state = "ready"
         except WorkbenchError:
             state = "not built"
-        typer.echo(f"  {entry.name:<14} {entry.family:<10} {state:<10} {entry.description}")
+        typer.echo(f"  {entry.name:<{width}} {entry.family:<10} {state:<10} {entry.description}")
 
 
 @app.command()
@@ -168,12 +170,14 @@ def zoo_list() -> None:
     """Embedded models, their family, and whether they are built."""
     from workbench.zoo import list_zoo, zoo_path
 
-    for entry in list_zoo():
+    entries = list_zoo()
+    width = max(len(e.name) for e in entries)
+    for entry in entries:
         try:
             where = str(zoo_path(entry.name))
         except WorkbenchError:
             where = f"not built (workbench zoo build {entry.name})"
-        typer.echo(f"{entry.name:<14} {entry.family:<10} seed {entry.seed:<4} {where}")
+        typer.echo(f"{entry.name:<{width}} {entry.family:<10} seed {entry.seed:<4} {where}")
 
 
 @zoo_app.command("build")

@@ -42,7 +42,7 @@ ENTRIES = (
         name=NAME,
         family="vim",
         description=(
-            "6-layer Vision Mamba (width 128, state 8, middle class token, 8-px patches, 64-px "
+            "6-layer Vision Mamba (width 96, state 8, middle class token, 8-px patches, 64-px "
             "images) trained like vit-scenes to say which shapes appear in synthetic scenes"
         ),
         recipe=__name__,
