@@ -3,7 +3,8 @@ against a plain forward of the same model.
 
 A 6-layer, d=384 GPT-2 (random weights, GPT-2's vocabulary size) runs 8 x 256 tokens, plain
 and reweaved (sources blocks 0-2, injected before block 4), and with the causal read over
-positions; then the same for the embedded MiniLM encoder on 32 sentences when it is installed.
+positions; then the same for the zoo LM neox-recall (8 x 256 tokens) and the embedded MiniLM
+encoder (32 sentences) when they are available.
 Runs are interleaved round by round so machine load hits all of them alike; ratios are medians
 over rounds against the plain forward.
 """
@@ -88,6 +89,14 @@ def main() -> None:
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         results["gpt2 6 x d384"] = compare(lm, inputs, args.rounds)
     try:
+        zoo_lm = load_model("zoo:neox-recall")
+    except WorkbenchError as err:
+        print(f"neox-recall skipped: {err}")
+    else:
+        ids = torch.randint(20, zoo_lm.model.config.vocab_size, (args.batch, args.tokens))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        results["neox-recall"] = compare(zoo_lm, inputs, args.rounds)
+    try:
         minilm = load_model("zoo:minilm")
     except WorkbenchError as err:
         print(f"MiniLM skipped: {err}")
@@ -106,8 +115,9 @@ def main() -> None:
         f"bench reweave: overhead={gpt2['reweave'] / gpt2['plain']:.3f} "
         f"read_overhead={gpt2['read'] / gpt2['plain']:.3f}"
     )
-    if "minilm" in results:
-        line += f" minilm_overhead={results['minilm']['reweave'] / results['minilm']['plain']:.3f}"
+    for name, key in (("neox-recall", "zoo_lm_overhead"), ("minilm", "minilm_overhead")):
+        if name in results:
+            line += f" {key}={results[name]['reweave'] / results[name]['plain']:.3f}"
     print(line)
 
 

@@ -179,9 +179,17 @@ def test_zoo_lm_recalls_short_prompts_and_degrades_with_length(recall_lm):
 
 
 @pytest.mark.slow
-def test_zoo_lm_ships_its_corpus_counts(recall_lm):
-    counts = json.loads((recall_lm.source / "token_counts.json").read_text())
+def test_zoo_lm_checkpoint_matches_its_recipe_and_ships_its_corpus_counts(recall_lm):
+    from workbench.zoo.training import MAX_CHECKPOINT_BYTES, sha256_file
+
+    weights = recall_lm.source / "model.safetensors"
     recipe = json.loads((recall_lm.source / "recipe.json").read_text())
+    assert recipe["model_sha256"] == sha256_file(weights)
+    assert weights.stat().st_size <= MAX_CHECKPOINT_BYTES
+    assert (
+        recipe["metrics"]["passkey_accuracy"]["16"] > recipe["metrics"]["passkey_accuracy"]["256"]
+    )
+    counts = json.loads((recall_lm.source / "token_counts.json").read_text())
     assert sum(counts.values()) == recipe["tokens_seen"]
     words = [w for w in counts if w not in ("recall", "query", "the", "code", "is", ".")]
     buckets = compute.frequency_buckets(counts, words, 4)

@@ -142,7 +142,15 @@ def gate_sweep_figure(result: ProbeResult) -> go.Figure:
             secondary_y=True,
         )
         fig.update_yaxes(
-            title_text="recall accuracy", tickformat=".0%", range=[0, 1.03], secondary_y=True
+            title_text="recall accuracy",
+            tickformat=".0%",
+            range=[-0.03, 1.03],
+            tickmode="linear",
+            tick0=0,
+            dtick=0.2,
+            showgrid=False,
+            zeroline=False,
+            secondary_y=True,
         )
     fig.update_yaxes(
         title_text="KL divergence (nats)" if causal else "mean 1 − cosine per token",
@@ -160,23 +168,51 @@ def gate_sweep_figure(result: ProbeResult) -> go.Figure:
 
 
 def fit_figure(result: ProbeResult) -> go.Figure:
+    """The answer loss per fitting step, its running mean, and base vs fitted on all prompts."""
     loss = result.arrays["fit_loss"]
+    window = max(1, min(10, len(loss) // 4))
+    running = np.convolve(loss, np.ones(window) / window, mode="valid")
     fig = new_figure(
         title="Fitting the learned reweaving<br><sup>cross-entropy of the answer token per Adam "
-        "step (the model's weights stay frozen); the dotted line is the base model's loss</sup>",
-        width=760,
-        height=380,
+        "step on one batch of fitting prompts (the model's weights stay frozen);<br>the "
+        "horizontal lines are the losses over all fitting prompts, base model and fitted "
+        "reweaving</sup>",
+        width=820,
+        height=420,
+        margin={"t": 110},
         xaxis_title="step",
         yaxis_title="answer cross-entropy (nats)",
     )
     fig.add_trace(
-        go.Scatter(y=loss, mode="lines", name="learned reweaving", line_color=COLORWAY[0])
+        go.Scatter(y=loss, mode="lines", name="one batch", line={"color": COLORWAY[5], "width": 1})
     )
-    fig.add_hline(
-        y=float(result.metrics["fit_base_loss"]),
-        line={"dash": "dot", "color": "#999999"},
-        annotation_text="base model",
+    fig.add_trace(
+        go.Scatter(
+            x=np.arange(window - 1, len(loss)),
+            y=running,
+            mode="lines",
+            name=f"running mean of {window}",
+            line={"color": COLORWAY[0], "width": 2.5},
+        )
     )
+    for key, name, style in (
+        ("fit_base_loss", "base model, all fitting prompts", {"dash": "dot", "color": "#333333"}),
+        (
+            "fit_final_loss",
+            "fitted reweaving, all fitting prompts",
+            {"dash": "dash", "color": COLORWAY[3]},
+        ),
+    ):
+        value = float(result.metrics[key])
+        fig.add_trace(
+            go.Scatter(
+                x=[0, len(loss) - 1],
+                y=[value, value],
+                mode="lines",
+                name=f"{name}: {value:.3f}",
+                line=style,
+            )
+        )
     return fig
 
 

@@ -210,16 +210,18 @@ def _recall_part(
         )
         arrays["fit_loss"] = np.array(losses)
         arrays |= learned.to_arrays("op_learned")
+        fitted_losses = []
+        for group in groups:
+            logits = measure.next_token_logits(model, group, learned, batch_size=config.batch_size)
+            answers = vocab.answer_ids([p.answer for p in group])
+            fitted_losses.append(float(torch.nn.functional.cross_entropy(logits, answers)))
         metrics["fit_base_loss"] = round(float(np.mean(base_losses)), 4)
-        metrics["fit_final_loss"] = round(float(np.mean(losses[-10:])), 4)
+        metrics["fit_final_loss"] = round(float(np.mean(fitted_losses)), 4)
         metrics["learned_gate"] = round(float(learned.gate().detach().mean()), 4)
-        metrics["learned_weights"] = dict(
-            zip(
-                (str(s) for s in learned.sources),
-                learned.weights().detach().round(decimals=3).tolist(),
-                strict=True,
-            )
-        )
+        weights = learned.weights().detach().tolist()
+        metrics["learned_weights"] = {
+            str(layer): round(w, 3) for layer, w in zip(learned.sources, weights, strict=True)
+        }
         metrics["learned"] = learned.describe()
     ops = {"base": None, "fixed": fixed} | ({"learned": learned} if learned is not None else {})
 
@@ -401,8 +403,9 @@ def _summary(spec: str, metrics: dict, conds: list[str], causal: bool) -> str:
     )
     if "recall_learned" in metrics:
         text += (
-            f", and {metrics['recall_learned']:.1%} with the learned one (gate settled at "
-            f"{metrics['learned_gate']:.3f}; answer loss {metrics['fit_base_loss']:.2f} → "
-            f"{metrics['fit_final_loss']:.2f} nats on the fitting prompts)"
+            f", and {metrics['recall_learned']:.1%} with the learned one (its gate settled at "
+            f"{metrics['learned_gate']:.3f}; on the fitting prompts the answer loss is "
+            f"{metrics['fit_final_loss']:.2f} nats against the base model's "
+            f"{metrics['fit_base_loss']:.2f})"
         )
     return f"{text}. {stats}"

@@ -107,14 +107,15 @@ def key_value_prompt(
 ) -> RecallPrompt:
     """``recall k1 v1 ... kn vn query kj`` of exactly ``length`` words; the answer is ``vj``.
 
-    Keys and values are distinct words drawn with ``weights``; the asked pair's value comes from
-    ``answer_words`` when given. An odd leftover word becomes a full stop before ``query``.
+    Keys and values are distinct words drawn with ``weights`` (uniform when None); the asked
+    pair's value is drawn uniformly from ``answer_words`` when given. An odd leftover word
+    becomes a full stop before ``query``.
     """
     _check_length("kv", length, KV_MIN_LENGTH)
     n_pairs = (length - 3) // 2
     pad = (length - 3) % 2
     asked = int(rng.integers(n_pairs))
-    answer = _pick_answer(words, rng, answer_words)
+    answer = _pick_answer(words, rng, weights, answer_words)
     chosen = _distinct(words, 2 * n_pairs, rng, weights, exclude={answer})
     keys, values = chosen[:n_pairs], chosen[n_pairs:]
     values[asked] = answer
@@ -134,11 +135,12 @@ def passkey_prompt(
 ) -> RecallPrompt:
     """``<filler> the code is X . <filler> the code is`` of exactly ``length`` words.
 
+    The passkey ``X`` is drawn with ``weights``, or uniformly from ``answer_words`` when given.
     ``depth`` in [0, 1] is where the passkey sentence sits inside the filler (0: first, as in
     the classic passkey test); None draws it at random.
     """
     _check_length("passkey", length, PASSKEY_MIN_LENGTH)
-    answer = _pick_answer(words, rng, answer_words)
+    answer = _pick_answer(words, rng, weights, answer_words)
     n_filler = length - PASSKEY_MIN_LENGTH
     text = filler(n_filler, words, rng, weights)
     depth = float(rng.random()) if depth is None else depth
@@ -221,12 +223,18 @@ def _check_length(task: str, length: int, minimum: int) -> None:
 
 
 def _pick_answer(
-    words: Sequence[str], rng: np.random.Generator, answer_words: Sequence[str] | None
+    words: Sequence[str],
+    rng: np.random.Generator,
+    weights: np.ndarray | None,
+    answer_words: Sequence[str] | None,
 ) -> str:
-    pool = answer_words if answer_words is not None else words
-    if len(pool) == 0:
+    """The answer: drawn like the other words (with ``weights``), or uniformly from
+    ``answer_words`` when given."""
+    if answer_words is None:
+        return words[int(rng.choice(len(words), p=weights))]
+    if len(answer_words) == 0:
         raise DataError("answer_words is empty")
-    return pool[int(rng.integers(len(pool)))]
+    return answer_words[int(rng.integers(len(answer_words)))]
 
 
 def _distinct(

@@ -39,7 +39,7 @@ ENTRIES = (
         name=NAME,
         family="causal-lm",
         description=(
-            "4-block decoder (width 96, rotary positions, context 256, word level) trained on "
+            "4-block decoder (width 64, rotary positions, context 256, word level) trained on "
             "Zipfian filler mixed with key-value and passkey recall episodes"
         ),
         recipe=__name__,
@@ -53,7 +53,7 @@ ZIPF_EXPONENT = 1.1
 CONTEXT = 256
 N_LAYER = 4
 N_HEAD = 4
-D_MODEL = 96
+D_MODEL = 64
 PHASES = ((1400, 64, 32), (600, 256, 8))
 """(steps, window length, windows per batch): short windows first, then the full context."""
 LR = 3e-3
