@@ -1,0 +1,125 @@
+"""Reweaving overhead: a reweaved forward (capture + reconstruction + injection in the same pass)
+against a plain forward of the same model.
+
+A 6-layer, d=384 GPT-2 (random weights, GPT-2's vocabulary size) runs 8 x 256 tokens, plain
+and reweaved (sources blocks 0-2, injected before block 4), and with the causal read over
+positions; then the same for the zoo LM neox-recall (8 x 256 tokens) and the embedded MiniLM
+encoder (32 sentences) when they are available.
+Runs are interleaved round by round so machine load hits all of them alike; ratios are medians
+over rounds against the plain forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from probes.reweave.operator import Reweaving, reweave
+from workbench.errors import WorkbenchError
+from workbench.models import LoadedModel, load_model
+from workbench.models.scratch import save_random_model
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(lm: LoadedModel, inputs: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of plain, reweaved and reweaved-with-read forwards, interleaved."""
+    n = lm.n_layers
+    sources, target = tuple(range(n // 2)), max(int(0.75 * n), n // 2)
+    ops = {
+        "reweave": Reweaving(sources, target, lm.d_model, gate=0.5),
+        "read": Reweaving(sources, target, lm.d_model, gate=0.5, read="causal"),
+    }
+    mask = inputs["attention_mask"]
+
+    def plain() -> None:
+        lm(**inputs)
+
+    def woven(op: Reweaving) -> Callable[[], None]:
+        def fn() -> None:
+            with reweave(lm, op, attention_mask=mask):
+                lm(**inputs)
+
+        return fn
+
+    runs = {"plain": plain, **{k: woven(op) for k, op in ops.items()}}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            times[key].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (one is steadiest on a busy machine)"
+    )
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_random_model(
+            Path(tmp) / "gpt2-6x384",
+            "gpt2",
+            n_layers=6,
+            d_model=384,
+            n_heads=6,
+            n_positions=1024,
+            words=[f"w{i}" for i in range(50257 - 6)],
+        )
+        lm = load_model(folder)
+        ids = torch.randint(6, lm.model.config.vocab_size, (args.batch, args.tokens))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        results["gpt2 6 x d384"] = compare(lm, inputs, args.rounds)
+    try:
+        zoo_lm = load_model("zoo:neox-recall")
+    except WorkbenchError as err:
+        print(f"neox-recall skipped: {err}")
+    else:
+        ids = torch.randint(20, zoo_lm.model.config.vocab_size, (args.batch, args.tokens))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        results["neox-recall"] = compare(zoo_lm, inputs, args.rounds)
+    try:
+        minilm = load_model("zoo:minilm")
+    except WorkbenchError as err:
+        print(f"MiniLM skipped: {err}")
+    else:
+        texts = [f"sentence number {i} is about the weather and the sea ." for i in range(32)]
+        results["minilm"] = compare(minilm, minilm.encode_texts(texts), args.rounds)
+
+    print(f"{args.rounds} rounds, interleaved; medians; {args.threads} thread(s)")
+    for name, med in results.items():
+        for key in med:
+            print(
+                f"  {name:<14} {key:<8} {med[key] * 1e3:8.1f} ms  ({med[key] / med['plain']:.3f}x)"
+            )
+    gpt2 = results["gpt2 6 x d384"]
+    line = (
+        f"bench reweave: overhead={gpt2['reweave'] / gpt2['plain']:.3f} "
+        f"read_overhead={gpt2['read'] / gpt2['plain']:.3f}"
+    )
+    for name, key in (("neox-recall", "zoo_lm_overhead"), ("minilm", "minilm_overhead")):
+        if name in results:
+            line += f" {key}={results[name]['reweave'] / results[name]['plain']:.3f}"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
