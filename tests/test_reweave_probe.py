@@ -119,17 +119,19 @@ def test_widget_gate_recomputes_and_hover_highlights_a_row(result, gpt2):
     explorer.gate.value = 0.0
     base, woven = explorer.patterns()
     np.testing.assert_array_equal(base, woven)  # gate 0 is the base model, exactly
-    assert np.abs(np.asarray(explorer.maps["difference"].data[0].z)).max() == 0
+    assert np.abs(np.asarray(explorer.maps["difference"].figure.data[0].z)).max() == 0
     explorer.gate.value = 1.0
-    assert np.abs(np.asarray(explorer.maps["difference"].data[0].z)).max() > 0
+    assert np.abs(np.asarray(explorer.maps["difference"].figure.data[0].z)).max() > 0
 
-    explorer.highlight(3)
-    for fig in explorer.maps.values():
-        (shape,) = fig.layout.shapes
+    explorer.token_row.hovered = 3  # what the browser sets when the mouse is over token 3
+    assert explorer.query == 3
+    for view in explorer.maps.values():
+        (shape,) = view.figure.layout.shapes
         assert (shape.y0, shape.y1) == (2.5, 3.5)
+    assert explorer.token_row.weights is not None and max(explorer.token_row.weights) == 1.0
     lines = explorer.highlighted_lines()
     assert lines  # the highlighted query's lines are drawn, in both panels
-    ys = {y for i in lines for y in explorer.head_view.data[i].y if y is not None}
+    ys = {y for i in lines for y in explorer.head_view.figure.data[i].y if y is not None}
     assert -3 in ys
 
     explorer.head.value = MEAN_HEAD

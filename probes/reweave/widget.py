@@ -16,6 +16,7 @@ from probes.reweave.plots import head_view_figure
 from workbench.figures import token_heatmap
 from workbench.models import LoadedModel
 from workbench.results import ProbeResult
+from workbench.widgets import FigureView, TokenPicker
 
 MEAN_HEAD = -1
 HIGHLIGHT = "#00E5FF"
@@ -25,8 +26,9 @@ class ReweaveExplorer(widgets.VBox):
     """Text box, layer and head menus, reweaving choice and a gate slider over live maps.
 
     Changing the text or the gate reruns the model (one base and one reweaved forward); changing
-    layer or head only redraws. Hovering a token (in a heatmap row or the head view) highlights
-    its attention row; ``highlight(i)`` does the same from Python.
+    layer or head only redraws. Hovering a token in the token row highlights its attention row
+    in every map and the head view, and shades the row by where it looks (reweaved);
+    ``highlight(i)`` does the same from Python.
     """
 
     def __init__(self, result: ProbeResult, model: LoadedModel, *, map_size: int = 430) -> None:
@@ -69,8 +71,10 @@ class ReweaveExplorer(widgets.VBox):
             readout_format=".2f",
         )
         self.info = widgets.HTML()
-        self.maps = {name: go.FigureWidget() for name in ("base", "reweaved", "difference")}
-        self.head_view = go.FigureWidget()
+        self.maps = {name: FigureView() for name in ("base", "reweaved", "difference")}
+        self.head_view = FigureView()
+        self.token_row = TokenPicker([], on_hover=self.highlight, on_select=self.highlight)
+        self._map_figures: dict[str, go.Figure] = {}
         for control in (self.text,):
             control.observe(lambda _c: self.recompute(base=True), names="value")
         self.gate.observe(lambda _c: self.recompute(base=False), names="value")
@@ -83,6 +87,8 @@ class ReweaveExplorer(widgets.VBox):
                 widgets.HBox([self.layer, self.head, self.gate]),
                 self.which,
                 self.info,
+                widgets.HTML("<b>tokens</b> (hover one to follow its attention row)"),
+                self.token_row,
                 widgets.HBox(list(self.maps.values())),
                 self.head_view,
             ]
@@ -100,6 +106,7 @@ class ReweaveExplorer(widgets.VBox):
         batch = {k: v[:, : self.max_tokens] for k, v in batch.items()}
         if base or not hasattr(self, "base_patterns"):
             self.tokens = token_labels(self.model, batch["input_ids"][0])
+            self.token_row.tokens = [str(t) for t in self.tokens]
             self.base_patterns = _stack(measure.attention_patterns(self.model, batch))
             self.query = None
         self.reweaved_patterns = _stack(
@@ -130,12 +137,7 @@ class ReweaveExplorer(widgets.VBox):
             fresh.update_layout(
                 width=self._size, height=self._size, margin={"l": 40, "r": 10, "t": 40}
             )
-            fig = self.maps[name]
-            with fig.batch_update():
-                fig.data = []
-                fig.add_traces(fresh.data)
-                fig.layout = fresh.layout
-            fig.data[0].on_hover(self._hovered_map)
+            self._map_figures[name] = fresh
         self._draw_head_view()
         self._mark_row()
         head = "mean of heads" if self.head.value == MEAN_HEAD else f"head {self.head.value}"
@@ -152,16 +154,8 @@ class ReweaveExplorer(widgets.VBox):
     def _draw_head_view(self) -> None:
         base, other = self.patterns()
         fresh = head_view_figure(self.tokens, base, other, query=self.query, slider=False)
-        with self.head_view.batch_update():
-            self.head_view.data = []
-            self.head_view.add_traces(fresh.data)
-            self.head_view.layout = fresh.layout
-            self.head_view.layout.title = (
-                "what each token attends to: base (left), reweaved (right)"
-            )
-        for trace in self.head_view.data:
-            if trace.mode == "markers+text":
-                trace.on_hover(self._hovered_token)
+        fresh.update_layout(title="what each token attends to: base (left), reweaved (right)")
+        self.head_view.show(fresh)
 
     def highlight(self, index: int | None) -> None:
         """Highlight token ``index``'s attention row (None clears), as hovering it does."""
@@ -175,7 +169,7 @@ class ReweaveExplorer(widgets.VBox):
         """Indices of head-view traces drawn for the highlighted query (for tests)."""
         return [
             i
-            for i, t in enumerate(self.head_view.data)
+            for i, t in enumerate(self.head_view.figure.data)
             if t.mode == "lines" and t.visible is True and t.line.color == "#D55E00" and t.x
         ]
 
@@ -193,17 +187,14 @@ class ReweaveExplorer(widgets.VBox):
                     "line": {"color": HIGHLIGHT, "width": 2.5},
                 }
             ]
-        for fig in self.maps.values():
-            fig.layout.shapes = shapes
-
-    def _hovered_map(self, _trace, points, _state) -> None:
-        if points.point_inds:
-            point = points.point_inds[0]
-            self.highlight(int(point[0]) if isinstance(point, list | tuple) else int(point))
-
-    def _hovered_token(self, _trace, points, _state) -> None:
-        if points.point_inds:
-            self.highlight(int(points.point_inds[0]))
+        for name, fig in self._map_figures.items():
+            marked = go.Figure(fig)
+            marked.update_layout(shapes=shapes)
+            self.maps[name].show(marked)
+        _, other = self.patterns()
+        self.token_row.shade(
+            None if self.query is None else other[self.query] / other[self.query].max()
+        )
 
     def _on_which(self, change) -> None:
         """Start the gate at the chosen reweaving's own gate; recompute either way."""
