@@ -71,9 +71,10 @@ def test_bad_input_fails_before_work_and_writes_nothing(tmp_path, args, message)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_notebook_run_keeps_the_executed_notebook(scratch_models, tmp_path):
+def test_notebook_run_keeps_the_executed_notebook(scratch_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as `make demo` passes it
     out = tmp_path / "nb"
-    result = _run("run", "atlas", "--model", str(scratch_models["bert"]), "--out", str(out), *QUICK)
+    result = _run("run", "atlas", "--model", str(scratch_models["bert"]), "--out", "nb", *QUICK)
     assert result.exit_code == 0, result.output
     assert (out / "result.json").is_file() and (out / "atlas.ipynb").is_file()
     nb = json.loads((out / "atlas.ipynb").read_text())

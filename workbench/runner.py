@@ -55,7 +55,7 @@ def plan_run(
             f"the {probe} probe accepts {' or '.join(module.FAMILIES)} models; "
             f"{model} is a {family} model"
         )
-    out = Path(out)
+    out = Path(out).absolute()  # the notebook runs in notebooks/, so relative paths would move
     check_output(out, overwrite)
     return RunPlan(probe, model, preset, dict(params or {}), out, overwrite)
 
