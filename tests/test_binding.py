@@ -12,14 +12,13 @@ from probes.binding.widget import BindingExplorer
 from workbench.data.scenes import make_binding_scenes, patch_labels
 from workbench.errors import DataError, FamilyError
 from workbench.models import load_model
+from workbench.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 
 # -- planted data ------------------------------------------------------------------------------

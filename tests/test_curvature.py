@@ -15,7 +15,7 @@ from probes.curvature.widget import CurvatureExplorer
 from workbench.data.canaries import VOCABULARY
 from workbench.errors import DataError, FamilyError, SiteError
 from workbench.models import load_model
-from workbench.zoo.training import torch_threads
+from workbench.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

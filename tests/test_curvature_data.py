@@ -10,8 +10,8 @@ import torch
 
 from workbench.data.canaries import EOS, VOCABULARY, make_canary_corpus, text_sample
 from workbench.errors import DataError
+from workbench.threads import torch_threads
 from workbench.zoo import ZOO, zoo_path
-from workbench.zoo.training import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from probes.reweave.plots import closing_note, head_view_figure
 from probes.reweave.widget import MEAN_HEAD, ReweaveExplorer
 from workbench.models import load_model
 from workbench.results import ProbeResult
-from workbench.zoo.training import torch_threads
+from workbench.threads import torch_threads
 
 TINY = reweave.Config(
     lengths=(16, 32),

@@ -27,10 +27,10 @@ import subprocess
 import textwrap
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -38,6 +38,9 @@ import plotly.io as pio
 
 from workbench.errors import DataError, OutputExistsError, WorkbenchError
 from workbench.figures import DEFAULT_FORMATS, check_figure_name, export_figures
+
+if TYPE_CHECKING:
+    from workbench.models import LoadedModel
 
 FORMAT_VERSION = 1
 RESULT_FILE = "result.json"
@@ -199,6 +202,19 @@ def make_provenance(
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
     }
+
+
+def run_provenance(probe: str, model: LoadedModel, config: Any, started: float) -> dict:
+    """``make_provenance`` for the usual run: a loaded model and a dataclass config with a seed."""
+    return make_provenance(
+        probe=probe,
+        model_spec=model.spec,
+        model_digest=model.digest(),
+        family=model.family,
+        config=asdict(config),
+        seed=config.seed,
+        started=started,
+    )
 
 
 # -- the result --------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from workbench.capture import capture
 from workbench.errors import DataError
 from workbench.models import LoadedModel
 from workbench.probe import check_family
-from workbench.results import ProbeResult, make_provenance
+from workbench.results import ProbeResult, run_provenance
 
 NAME = "atlas"
 FAMILIES = ("vit", "encoder", "causal-lm")
@@ -101,15 +100,7 @@ def run(
         metrics=metrics,
         arrays=arrays,
         figures={},
-        provenance=make_provenance(
-            probe=NAME,
-            model_spec=model.spec,
-            model_digest=model.digest(),
-            family=model.family,
-            config=dataclasses.asdict(config),
-            seed=config.seed,
-            started=started,
-        ),
+        provenance=run_provenance(NAME, model, config, started),
         summary=summary,
     )
     from probes.atlas.plots import figures

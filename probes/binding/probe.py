@@ -10,7 +10,6 @@ distribution, so distance alone scores 0.5.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,8 +28,8 @@ from workbench.data.segmentation import SegmentationSet, load_ade20k, load_coco
 from workbench.errors import DataError
 from workbench.models import LoadedModel
 from workbench.probe import check_family
-from workbench.results import ProbeResult, make_provenance
-from workbench.zoo.training import torch_threads
+from workbench.results import ProbeResult, run_provenance
+from workbench.threads import torch_threads
 
 NAME = "binding"
 FAMILIES = ("vit",)
@@ -258,15 +257,7 @@ def _run(model: LoadedModel, config: Config, data: Data, started: float) -> Prob
         metrics=metrics,
         arrays=arrays,
         figures={},
-        provenance=make_provenance(
-            probe=NAME,
-            model_spec=model.spec,
-            model_digest=model.digest(),
-            family=model.family,
-            config=dataclasses.asdict(config),
-            seed=config.seed,
-            started=started,
-        ),
+        provenance=run_provenance(NAME, model, config, started),
         summary=summary,
     )
     from probes.binding.plots import figures

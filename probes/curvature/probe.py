@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Sequence
@@ -21,8 +20,8 @@ from workbench.capture import capture
 from workbench.errors import DataError, FamilyError
 from workbench.models import LoadedModel
 from workbench.probe import check_family
-from workbench.results import ProbeResult, make_provenance
-from workbench.zoo.training import torch_threads
+from workbench.results import ProbeResult, run_provenance
+from workbench.threads import torch_threads
 
 NAME = "curvature"
 FAMILIES = ("causal-lm",)
@@ -160,15 +159,7 @@ def _run(
         metrics=metrics,
         arrays=arrays,
         figures={},
-        provenance=make_provenance(
-            probe=NAME,
-            model_spec=model.spec,
-            model_digest=model.digest(),
-            family=model.family,
-            config=dataclasses.asdict(config),
-            seed=config.seed,
-            started=started,
-        ),
+        provenance=run_provenance(NAME, model, config, started),
         summary=_summary(model.spec, metrics),
     )
     from probes.curvature.plots import figures

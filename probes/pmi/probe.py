@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -25,7 +24,7 @@ from workbench.data.stories import (
 from workbench.errors import DataError, FamilyError
 from workbench.models import LoadedModel, load_model
 from workbench.probe import check_family
-from workbench.results import ProbeResult, make_provenance
+from workbench.results import ProbeResult, run_provenance
 
 NAME = "pmi"
 FAMILIES = ("pmi",)
@@ -202,15 +201,7 @@ def run(
         metrics=metrics,
         arrays=arrays,
         figures={},
-        provenance=make_provenance(
-            probe=NAME,
-            model_spec=model.spec,
-            model_digest=model.digest(),
-            family=model.family,
-            config=dataclasses.asdict(config),
-            seed=config.seed,
-            started=started,
-        ),
+        provenance=run_provenance(NAME, model, config, started),
         summary=_summary(model.spec, metrics),
     )
     from probes.pmi.plots import figures

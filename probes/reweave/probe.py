@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from workbench.data import recall
 from workbench.errors import DataError
 from workbench.models import LoadedModel
 from workbench.probe import check_family
-from workbench.results import ProbeResult, make_provenance
+from workbench.results import ProbeResult, run_provenance
 
 NAME = "reweave"
 FAMILIES = ("causal-lm", "encoder")
@@ -144,15 +143,7 @@ def run(model: LoadedModel, config: Config | None = None) -> ProbeResult:
         metrics=metrics,
         arrays=arrays,
         figures={},
-        provenance=make_provenance(
-            probe=NAME,
-            model_spec=model.spec,
-            model_digest=model.digest(),
-            family=model.family,
-            config=dataclasses.asdict(config),
-            seed=config.seed,
-            started=started,
-        ),
+        provenance=run_provenance(NAME, model, config, started),
         summary=_summary(model.spec, metrics, list(ops), causal),
     )
     from probes.reweave.plots import figures

@@ -3,7 +3,6 @@ looks, and how the two scan directions share the work."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from workbench.errors import DataError
 from workbench.models import LoadedModel, load_model, peek_family
 from workbench.models.vim import DIRECTIONS, VisionMamba, flush_denormals, selective_scan
 from workbench.probe import check_family
-from workbench.results import ProbeResult, make_provenance
+from workbench.results import ProbeResult, run_provenance
 
 NAME = "vim"
 FAMILIES = ("vim",)
@@ -139,15 +138,7 @@ def run(
         metrics=metrics,
         arrays=arrays,
         figures={},
-        provenance=make_provenance(
-            probe=NAME,
-            model_spec=model.spec,
-            model_digest=model.digest(),
-            family=model.family,
-            config=dataclasses.asdict(config),
-            seed=config.seed,
-            started=started,
-        ),
+        provenance=run_provenance(NAME, model, config, started),
         summary=_summary(model, metrics),
     )
     from probes.vim.plots import figures

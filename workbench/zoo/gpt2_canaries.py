@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.data.canaries import EOS, VOCABULARY, CanaryCorpus, make_canary_corpus
+from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+from workbench.zoo.training import adamw_warmup_cosine, save_atomically
 
 NAME = "gpt2-canaries"
 ENTRIES = (
@@ -140,9 +141,8 @@ def _train(model: torch.nn.Module, ids: torch.Tensor, seed: int) -> float:
     steps_per_epoch = n // BATCH_SIZE
     total = steps_per_epoch * EPOCHS
     warmup = max(1, int(WARMUP_FRACTION * total))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total)
+    optimizer, schedule = adamw_warmup_cosine(
+        model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, warmup=warmup, total=total
     )
     gen = torch.Generator().manual_seed(seed)
     model.train()

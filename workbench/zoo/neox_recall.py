@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 
 from workbench.data import recall
 from workbench.models.scratch import SPECIAL_TOKENS, save_word_tokenizer
+from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+from workbench.zoo.training import adamw_warmup_cosine, save_atomically
 
 NAME = "neox-recall"
 ENTRIES = (
@@ -219,9 +220,8 @@ def _train(
     rng = np.random.default_rng(seed)
     counts = np.zeros(len(index), dtype=np.int64)
     total = sum(n for n, _, _ in phases)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, WARMUP, total)
+    optimizer, schedule = adamw_warmup_cosine(
+        model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, warmup=WARMUP, total=total
     )
     plan = [(length, n_windows) for n, length, n_windows in phases for _ in range(n)]
     model.train()

@@ -30,8 +30,9 @@ from workbench.data.stories import (
 )
 from workbench.models.pmi import PMIConfig, build_model, save_model
 from workbench.models.scratch import SPECIAL_TOKENS
+from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+from workbench.zoo.training import adamw_warmup_cosine, save_atomically
 
 NAME = "pmi-stories"
 CONTROL_NAME = "pmi-stories-control"
@@ -169,9 +170,8 @@ def _build(out_dir: Path, seed: int, architecture: str, name: str) -> dict:
 def _train(model: torch.nn.Module, stories: list[Story], seed: int, name: str) -> float:
     """AdamW on shuffled mini-batches; returns the mean loss of the last 200 steps."""
     answers = torch.tensor([s.answer_index for s in stories])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, WARMUP, STEPS)
+    optimizer, schedule = adamw_warmup_cosine(
+        model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, warmup=WARMUP, total=STEPS
     )
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(stories), generator=gen)

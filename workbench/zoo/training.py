@@ -1,4 +1,4 @@
-"""What every zoo recipe shares: a thread cap, the learning-rate schedule, and an atomic save.
+"""What every zoo recipe shares: the optimiser and schedule, flip augmentation, an atomic save.
 
 A recipe trains a small model on synthetic data and calls ``save_atomically`` with a function
 that writes the model's files into a folder; the folder gets a ``recipe.json`` (recipe, seed,
@@ -13,8 +13,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,45 @@ MAX_CHECKPOINT_BYTES = 5 * 2**20
 WEIGHTS_FILE = "model.safetensors"
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Train with at most ``n`` threads (small models train fastest on one), then restore."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up to the full rate, then cosine decay to zero."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def adamw_warmup_cosine(
+    params: Iterable[Any], *, lr: float, weight_decay: float, warmup: int, total: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (parameters or groups) with the ``lr_factor`` schedule over ``total`` steps."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total)
+    )
+    return optimizer, schedule
+
+
+def flip_augment(
+    x: torch.Tensor, patches: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and transposes per image, applied alike to its square grid of patch labels.
+
+    ``x`` is (batch, channels, side, side) and ``patches`` (batch, grid * grid), row-major.
+    """
+    x = x.clone()
+    grid_side = math.isqrt(patches.shape[1])
+    grid = patches.view(-1, grid_side, grid_side).clone()
+    for op in ("hflip", "vflip", "transpose"):
+        pick = torch.rand(x.shape[0], generator=gen) < 0.5
+        if not pick.any():
+            continue
+        if op == "hflip":
+            x[pick], grid[pick] = x[pick].flip(-1), grid[pick].flip(-1)
+        elif op == "vflip":
+            x[pick], grid[pick] = x[pick].flip(-2), grid[pick].flip(-2)
+        else:
+            x[pick], grid[pick] = x[pick].transpose(-1, -2), grid[pick].transpose(-1, -2)
+    return x, grid.reshape(len(x), -1)
 
 
 def sha256_file(path: Path) -> str:

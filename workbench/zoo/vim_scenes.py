@@ -21,8 +21,13 @@ from tqdm.auto import tqdm
 
 from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
 from workbench.models.vim import VimConfig, VisionMamba, flush_denormals, save_pretrained
+from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+from workbench.zoo.training import (
+    adamw_warmup_cosine,
+    flip_augment,
+    save_atomically,
+)
 from workbench.zoo.vit_scenes import (
     EVAL_SEED_OFFSET,
     EVAL_SIZE,
@@ -31,7 +36,6 @@ from workbench.zoo.vit_scenes import (
     IMAGE_STD,
     PATCH_SIZE,
     SCENE_KWARGS,
-    _augment,
     evaluate,
     to_pixel_values,
 )
@@ -143,9 +147,8 @@ def _train(model: VisionMamba, scenes: Scenes, seed: int) -> float:
         {"params": [p for p in params if id(p) not in no_decay]},
         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total)
+    optimizer, schedule = adamw_warmup_cosine(
+        groups, lr=LR, weight_decay=WEIGHT_DECAY, warmup=warmup, total=total
     )
     gen = torch.Generator().manual_seed(seed)
     passes = -(-total * BATCH_SIZE // n)  # ceil
@@ -155,7 +158,8 @@ def _train(model: VisionMamba, scenes: Scenes, seed: int) -> float:
     bar = tqdm(total=total, desc=f"train {NAME}", unit="step")
     for step in range(total):
         idx = order[step * BATCH_SIZE : (step + 1) * BATCH_SIZE]
-        x, patches = _augment(to_pixel_values(scenes.images[idx.numpy()]), patch_classes[idx], gen)
+        pixels = to_pixel_values(scenes.images[idx.numpy()])
+        x, patches = flip_augment(pixels, patch_classes[idx], gen)
         out = model(pixel_values=x)
         loss = F.binary_cross_entropy_with_logits(out.logits, labels[idx])
         tokens = model.patch_tokens(out.last_hidden_state)

@@ -32,8 +32,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.data.scenes import Scenes, make_binding_scenes, patch_labels
+from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+from workbench.zoo.training import (
+    adamw_warmup_cosine,
+    flip_augment,
+    save_atomically,
+)
 
 ARCHITECTURE = "6-layer ViT (width 96, 4 heads, 8-px patches, 64-px images)"
 ENTRIES = (
@@ -326,9 +331,8 @@ def _train(
     )
     params = list(model.parameters())
     warmup = max(1, int(WARMUP_FRACTION * steps))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, steps)
+    optimizer, schedule = adamw_warmup_cosine(
+        params, lr=lr, weight_decay=WEIGHT_DECAY, warmup=warmup, total=steps
     )
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -355,26 +359,6 @@ def _train(
     bar.close()
     model.eval()
     return float(np.mean(losses[-max(1, steps // 10) :]))
-
-
-def flip_augment(
-    x: torch.Tensor, patches: torch.Tensor, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and transposes per image, applied alike to the per-patch grid."""
-    x = x.clone()
-    side = IMAGE_SIZE // PATCH_SIZE
-    grid = patches.view(-1, side, side).clone()
-    for op in ("hflip", "vflip", "transpose"):
-        pick = torch.rand(x.shape[0], generator=gen) < 0.5
-        if not pick.any():
-            continue
-        if op == "hflip":
-            x[pick], grid[pick] = x[pick].flip(-1), grid[pick].flip(-1)
-        elif op == "vflip":
-            x[pick], grid[pick] = x[pick].flip(-2), grid[pick].flip(-2)
-        else:
-            x[pick], grid[pick] = x[pick].transpose(-1, -2), grid[pick].transpose(-1, -2)
-    return x, grid.reshape(len(x), -1)
 
 
 def augment_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -20,8 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
+from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import lr_factor, save_atomically, torch_threads
+from workbench.zoo.training import (
+    adamw_warmup_cosine,
+    flip_augment,
+    save_atomically,
+)
 
 NAME = "vit-scenes"
 ENTRIES = (
@@ -151,9 +156,8 @@ def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
     steps_per_epoch = n // BATCH_SIZE
     total = steps_per_epoch * EPOCHS
     warmup = max(1, int(WARMUP_FRACTION * total))
-    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total)
+    optimizer, schedule = adamw_warmup_cosine(
+        params, lr=LR, weight_decay=WEIGHT_DECAY, warmup=warmup, total=total
     )
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -164,7 +168,7 @@ def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
-            x, patches = _augment(
+            x, patches = flip_augment(
                 to_pixel_values(scenes.images[idx.numpy()]), patch_classes[idx], gen
             )
             out = model(pixel_values=x, labels=labels[idx], output_hidden_states=True)
@@ -187,26 +191,6 @@ def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
     bar.close()
     model.eval()
     return last
-
-
-def _augment(
-    x: torch.Tensor, patches: torch.Tensor, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and transposes per image, applied alike to the patch-class grid."""
-    x = x.clone()
-    side = IMAGE_SIZE // PATCH_SIZE
-    grid = patches.view(-1, side, side).clone()
-    for op in ("hflip", "vflip", "transpose"):
-        pick = torch.rand(x.shape[0], generator=gen) < 0.5
-        if not pick.any():
-            continue
-        if op == "hflip":
-            x[pick], grid[pick] = x[pick].flip(-1), grid[pick].flip(-1)
-        elif op == "vflip":
-            x[pick], grid[pick] = x[pick].flip(-2), grid[pick].flip(-2)
-        else:
-            x[pick], grid[pick] = x[pick].transpose(-1, -2), grid[pick].transpose(-1, -2)
-    return x, grid.reshape(len(x), -1)
 
 
 @torch.no_grad()
