@@ -59,6 +59,14 @@ def test_attention_implementation_restored_after_pattern_capture(scratch_models)
     assert lm.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "gpt_neox", "llama"])
+def test_causal_lm_pass_builds_no_key_value_cache(scratch_models, kind):
+    lm = load_model(scratch_models[kind])
+    batch = lm.encode_texts(["w1 w2 w3"])
+    assert lm(**batch).past_key_values is None
+    assert lm(**batch, use_cache=True).past_key_values is not None  # still on request
+
+
 def test_vit_mae_keeps_patch_order_with_masking_off(scratch_models):
     lm = load_model(scratch_models["vit_mae"])
     assert lm.model.config.mask_ratio == 0.0

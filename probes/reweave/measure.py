@@ -67,29 +67,17 @@ def forward(
 
     def run() -> torch.Tensor:
         if not grad:
-            return output_tensor(call(model, batch))
+            return output_tensor(model(**batch))
         if model.backend == "transformer-lens":
             out = model.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
         else:
-            out = model.model(**model.forward_kwargs(without_cache(model, batch)))
+            out = model.model(**model.forward_kwargs(batch))
         return output_tensor(out)
 
     if op is None:
         return run()
     with reweave(model, op, gate=gate, attention_mask=batch.get("attention_mask")):
         return run()
-
-
-def without_cache(model: LoadedModel, batch: dict[str, torch.Tensor]) -> dict:
-    """Hugging Face causal LMs build a key/value cache by default; a single pass needs none."""
-    if model.backend == "hf" and model.family == "causal-lm":
-        return {**batch, "use_cache": False}
-    return batch
-
-
-def call(model: LoadedModel, batch: dict[str, torch.Tensor]) -> object:
-    """``model(**batch)`` without gradients or a key/value cache."""
-    return model(**without_cache(model, batch))
 
 
 def _batches(items: Sequence, size: int) -> list[Sequence]:
@@ -159,12 +147,12 @@ def attention_patterns(
     sites = {f"blocks.{i}.attn.pattern": keeper(i) for i in range(model.n_layers)}
     if op is None:
         with hooks(model, sites):
-            call(model, batch)
+            model(**batch)
     else:
         with reweave(
             model, op, gate=gate, attention_mask=batch.get("attention_mask"), observe=sites
         ):
-            call(model, batch)
+            model(**batch)
     missing = [i for i in range(model.n_layers) if i not in recorded]
     if missing:
         raise DataError(f"{model.spec} gave no attention patterns for layers {missing}")
@@ -203,7 +191,7 @@ def destination_scale(model: LoadedModel, texts: Sequence[str], target: int) -> 
         batch = encode(model, chunk)
         mask = batch["attention_mask"]
         with hooks(model, {f"blocks.{target}.resid_pre": fn}):
-            call(model, batch)
+            model(**batch)
     return float(torch.cat(sizes).median())
 
 

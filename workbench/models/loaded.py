@@ -195,8 +195,14 @@ class LoadedModel:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward_kwargs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Keyword arguments for one forward pass, with family-specific extras."""
+        """Keyword arguments for one forward pass, with family-specific extras.
+
+        Hugging Face causal LMs would build a key/value cache on every pass; a probe's single
+        pass never reads it, so it is switched off unless the batch asks for it.
+        """
         kwargs = dict(batch)
+        if self.backend == "hf" and self.family == "causal-lm":
+            kwargs.setdefault("use_cache", False)
         if "noise" in self.extra_forward_kwargs:
             # ViTMAE: increasing noise keeps the patch order with masking off.
             n = batch["pixel_values"].shape[0]
