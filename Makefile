@@ -21,7 +21,7 @@ lab: setup
 
 ## Benchmarks: each prints ratios against a reference measured in the same run.
 bench: setup
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -12,7 +12,6 @@ Runs on one thread.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -20,11 +19,7 @@ import torch
 from probes.binding import compute
 from workbench.data.scenes import make_binding_scenes, patch_labels
 
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from _timing import interleaved_medians
 
 
 def main() -> None:
@@ -60,11 +55,7 @@ def main() -> None:
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
     if not torch.allclose(batched()[:, upper], loop()[:, upper], rtol=1e-4, atol=1e-3):
         raise SystemExit("the batched scores differ from the per-pair loop")
-    times: dict[str, list[float]] = {"batched": [], "loop": []}
-    for _ in range(args.rounds):
-        times["batched"].append(timed(batched))
-        times["loop"].append(timed(loop))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians({"batched": batched, "loop": loop}, args.rounds, warm_up=False)
     speedup = med["loop"] / med["batched"]
 
     scenes = make_binding_scenes(args.fit_images, size=64, seed=0)

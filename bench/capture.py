@@ -10,9 +10,7 @@ over rounds against the bare forward.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -21,11 +19,7 @@ from workbench.capture import capture
 from workbench.models import load_model
 from workbench.models.scratch import save_random_model
 
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from _timing import interleaved_medians
 
 
 def main() -> None:
@@ -68,14 +62,8 @@ def main() -> None:
                 bridge.model.run_with_cache(ids)
 
         runs = {"bare": bare, "capture": ours, "tl": tl_cache, "tl_all": tl_cache_all}
-        for fn in runs.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {key: [] for key in runs}
-        for _ in range(args.rounds):
-            for key, fn in runs.items():
-                times[key].append(timed(fn))
+        med = interleaved_medians(runs, args.rounds)
 
-    med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model: gpt2 6 x d384, {args.batch} x {args.tokens} tokens, {args.rounds} rounds")
     labels = {
         "bare": "bare HF forward",

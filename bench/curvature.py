@@ -21,9 +21,7 @@ ratios much less.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import functools
 
 import torch
 
@@ -32,7 +30,9 @@ from probes.curvature.config import Config
 from probes.curvature.factors import collect_factors
 from workbench.data.canaries import text_sample
 from workbench.models import LoadedModel, load_model
-from workbench.zoo.training import torch_threads
+from workbench.threads import torch_threads
+
+from _timing import interleaved_medians
 
 SELECTION_SHAPE = (3072, 768)
 SPECTRUM_EXPONENT = 1.25
@@ -64,12 +64,6 @@ def collection(
     )
 
 
-def timed(fn: Callable[..., object], *args: object) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def bench_collection(repeats: int, sequences: int, batch_size: int) -> dict[str, float]:
     model = load_model("zoo:gpt2-canaries")
     texts = text_sample(sequences, seed=11)
@@ -80,12 +74,10 @@ def bench_collection(repeats: int, sequences: int, batch_size: int) -> dict[str,
     plain_forward_backward(model, ids[:batch_size], mask[:batch_size], batch_size)  # warm up
     for weights in variants.values():
         collection(model, ids[:batch_size], mask[:batch_size], batch_size, weights)
-    times: dict[str, list[float]] = {"plain": [], **{k: [] for k in variants}}
-    for _ in range(repeats):
-        times["plain"].append(timed(plain_forward_backward, model, ids, mask, batch_size))
-        for key, weights in variants.items():
-            times[key].append(timed(collection, model, ids, mask, batch_size, weights))
-    median = {k: statistics.median(v) for k, v in times.items()}
+    runs = {"plain": lambda: plain_forward_backward(model, ids, mask, batch_size)}
+    for key, weights in variants.items():
+        runs[key] = functools.partial(collection, model, ids, mask, batch_size, weights)
+    median = interleaved_medians(runs, repeats, warm_up=False)
     print(
         f"plain forward+backward over {n_tokens} tokens ({sequences} x {ids.shape[1]}): "
         f"{median['plain']:.3f} s ({n_tokens / median['plain']:.0f} tok/s); medians of {repeats}"
@@ -104,13 +96,17 @@ def bench_selection(repeats: int) -> float:
     lam = torch.arange(1, m + 1, dtype=torch.float64) ** -SPECTRUM_EXPONENT
     mu = torch.arange(1, n + 1, dtype=torch.float64) ** -SPECTRUM_EXPONENT
     select_by_mass(lam, mu, RHO)  # warm up
-    heap, vectorised = [], []
-    for _ in range(repeats):
-        heap.append(timed(select_by_mass_heap, lam, mu, RHO))
-        vectorised.append(min(timed(select_by_mass, lam, mu, RHO) for _ in range(10)))
+    median = interleaved_medians(
+        {
+            "heap": lambda: select_by_mass_heap(lam, mu, RHO),
+            "vectorised": lambda: select_by_mass(lam, mu, RHO),
+        },
+        repeats,
+        warm_up=False,
+    )
+    h, v = median["heap"], median["vectorised"]
     counts = select_by_mass(lam, mu, RHO)
     same = torch.equal(counts_to_mask(counts, n), select_by_mass_heap(lam, mu, RHO))
-    h, v = statistics.median(heap), statistics.median(vectorised)
     print(
         f"selection for a {m} x {n} layer at rho={RHO}: {int(counts.sum())} components kept "
         f"({counts.sum() / (m * n):.1%}); heap {h:.3f} s, vectorised {v * 1000:.2f} ms; "

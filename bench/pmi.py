@@ -13,8 +13,6 @@ are medians over rounds:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -22,11 +20,7 @@ from workbench.capture import capture
 from workbench.data.stories import make_stories
 from workbench.models import load_model
 
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from _timing import interleaved_medians
 
 
 def main() -> None:
@@ -53,14 +47,7 @@ def main() -> None:
         cache.close()
 
     runs = {"control": lambda: batched(control), "pmi": lambda: batched(pmi), "capture": captured}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(args.rounds):
-        for key, fn in runs.items():
-            times[key].append(timed(fn))
-
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, args.rounds)
     print(
         f"{args.stories} stories, batch {args.batch}, {args.threads} thread(s), {args.rounds} "
         f"rounds; {len(sites)} PMI sites captured"

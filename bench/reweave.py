@@ -12,9 +12,7 @@ over rounds against the plain forward.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,11 +23,7 @@ from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel, load_model
 from workbench.models.scratch import save_random_model
 
-
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from _timing import interleaved_medians
 
 
 def compare(lm: LoadedModel, inputs: dict, rounds: int) -> dict[str, float]:
@@ -53,13 +47,7 @@ def compare(lm: LoadedModel, inputs: dict, rounds: int) -> dict[str, float]:
         return fn
 
     runs = {"plain": plain, **{k: woven(op) for k, op in ops.items()}}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for key, fn in runs.items():
-            times[key].append(timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_medians(runs, rounds)
 
 
 def main() -> None:

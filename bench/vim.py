@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -30,11 +28,7 @@ from workbench.errors import ModelNotFoundError
 from workbench.models import LoadedModel, load_model
 from workbench.models.vim import VimConfig, VisionMamba, flush_denormals, vim_sites, vim_weights
 
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from _timing import interleaved_medians
 
 
 def attention_inputs(L: int, E: int, N: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -100,11 +94,15 @@ def main() -> None:
         fast = hidden_attention(delta, A, B, C)
         slow = hidden_attention_pairwise(delta, A, B, C)
         error = float((fast - slow).abs().max() / slow.abs().max())
-        t_fast, t_slow, t_product = [], [], []
-        for _ in range(args.rounds):
-            t_product.append(timed(lambda: product_loop(delta, A, B, C)))
-            t_slow.append(timed(lambda: hidden_attention_pairwise(delta, A, B, C)))
-            t_fast.append(timed(lambda: hidden_attention(delta, A, B, C)))
+        attention = interleaved_medians(
+            {
+                "product": lambda: product_loop(delta, A, B, C),
+                "pairwise": lambda: hidden_attention_pairwise(delta, A, B, C),
+                "fast": lambda: hidden_attention(delta, A, B, C),
+            },
+            args.rounds,
+            warm_up=False,
+        )
 
         lm = zoo_or_random()
         images = np.random.default_rng(0).integers(
@@ -114,18 +112,19 @@ def main() -> None:
         states = [f"ssm.{i}.{d}.h" for i in range(lm.n_layers) for d in ("fwd", "bwd")]
         ti = _random(VimConfig(), "random Vim-Ti")
         ti_batch = ti.encode_images(images[:2].repeat(4, axis=1).repeat(4, axis=2)[:, :224, :224])
-        t_plain, t_states, t_ti = [], [], []
-        lm(**batch)  # warm-up
-        for _ in range(args.rounds):
-            t_plain.append(timed(lambda: lm(**batch)))
-            t_states.append(
-                timed(lambda: capture(lm, batch, states, batch_size=args.images, progress=False))
-            )
-            t_ti.append(timed(lambda: ti(**ti_batch)))
+        forward = interleaved_medians(
+            {
+                "plain": lambda: lm(**batch),
+                "states": lambda: capture(
+                    lm, batch, states, batch_size=args.images, progress=False
+                ),
+                "ti": lambda: ti(**ti_batch),
+            },
+            args.rounds,
+        )
 
-    fast_s, slow_s = statistics.median(t_fast), statistics.median(t_slow)
-    product_s = statistics.median(t_product)
-    plain, with_states = statistics.median(t_plain), statistics.median(t_states)
+    fast_s, slow_s, product_s = attention["fast"], attention["pairwise"], attention["product"]
+    plain, with_states, ti_s = forward["plain"], forward["states"], forward["ti"]
     print(
         f"hidden attention L=197 E=384 N=16: vectorised {fast_s * 1e3:.0f} ms; per-(i, j) "
         f"loops: reference-style product {product_s:.1f} s, closed form {slow_s:.1f} s; max "
@@ -135,14 +134,14 @@ def main() -> None:
         f"{lm.spec}: {args.images / plain:.1f} images/s plain, "
         f"{args.images / with_states:.1f} images/s capturing all hidden states"
     )
-    print(f"random Vim-Ti (224 px): {2 / statistics.median(t_ti):.2f} images/s")
+    print(f"random Vim-Ti (224 px): {2 / ti_s:.2f} images/s")
     print(
         f"bench vim: speedup={product_s / fast_s:.1f} speedup_closed_form={slow_s / fast_s:.1f} "
         f"attention_ms={fast_s * 1e3:.0f} product_loop_s={product_s:.2f} "
         f"pairwise_s={slow_s:.2f} images_per_s={args.images / plain:.1f} "
         f"images_per_s_states={args.images / with_states:.1f} "
         f"states_overhead={with_states / plain:.2f} "
-        f"vim_ti_images_per_s={2 / statistics.median(t_ti):.2f}"
+        f"vim_ti_images_per_s={2 / ti_s:.2f}"
     )
 
 
