@@ -11,6 +11,7 @@ from probes.atlas.data import LabelledPositions
 from probes.atlas.plots import colour_options
 from probes.atlas.widget import AtlasExplorer
 from workbench.errors import DataError, FamilyError
+from workbench.maps import project_2d
 from workbench.models import load_model
 
 
@@ -51,13 +52,20 @@ def test_subsample_is_balanced_and_deterministic():
 def test_maps_separate_planted_clusters():
     x, y, _ = _planted(separation=6.0)
     for method in ("pca", "umap"):
-        z = compute.project_2d(x, method, seed=0)
+        z = project_2d(x, method, seed=0)
         centroids = np.stack([z[y == c].mean(0) for c in range(3)])
         spread = np.mean(
             [np.linalg.norm(z[y == c] - centroids[c], axis=1).mean() for c in range(3)]
         )
         gaps = [np.linalg.norm(centroids[a] - centroids[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
         assert min(gaps) > spread, method
+
+
+def test_maps_refuse_bad_input_before_fitting():
+    with pytest.raises(DataError, match="at least 3 points"):
+        project_2d(np.zeros((2, 4)), "pca")
+    with pytest.raises(DataError, match="pca, umap"):
+        project_2d(np.zeros((10, 4)), "tsne")
 
 
 def test_onset_layer():

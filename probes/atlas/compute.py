@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
@@ -80,28 +79,6 @@ def chance_accuracy(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) 
         majority = np.bincount(y[train]).argmax()
         scores.append(float((y[test] == majority).mean()))
     return float(np.mean(scores))
-
-
-def project_2d(x: np.ndarray, method: str, *, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """A 2-D map of ``x`` (standardised) by PCA or UMAP, as float32."""
-    z = StandardScaler().fit_transform(x)
-    if method == "pca":
-        with threadpool_limits(limits=1):
-            return PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)
-    if method == "umap":
-        import umap
-
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=min(n_neighbors, len(z) - 1),
-            random_state=seed,
-            n_jobs=1,
-            init="pca",
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return reducer.fit_transform(z).astype(np.float32)
-    raise DataError(f"unknown map method {method!r}; choose pca or umap")
 
 
 def onset_layer(accuracy: np.ndarray, chance: float, fraction: float = 0.5) -> int:

@@ -12,6 +12,7 @@ from probes.atlas.config import Config
 from probes.atlas.data import LabelledPositions, default_dataset
 from workbench.capture import capture
 from workbench.errors import DataError
+from workbench.maps import MAP_METHODS, project_2d
 from workbench.models import LoadedModel
 from workbench.probe import check_family
 from workbench.results import ProbeResult, run_provenance
@@ -22,9 +23,9 @@ DEFAULT_MODELS = ("zoo:vit-scenes", "zoo:minilm")
 
 
 def validate(config: Config) -> None:
-    bad = [m for m in config.methods if m not in ("pca", "umap")]
+    bad = [m for m in config.methods if m not in MAP_METHODS]
     if bad:
-        raise DataError(f"unknown map method(s) {bad}; choose from pca, umap")
+        raise DataError(f"unknown map method(s) {bad}; choose from {', '.join(MAP_METHODS)}")
     if config.folds < 2:
         raise DataError("folds must be at least 2 for cross-validation")
     if config.n_inputs < 2 or config.max_points < 10:
@@ -90,7 +91,7 @@ def run(
     for method in config.methods:
         arrays[method] = np.stack(
             [
-                compute.project_2d(x, method, seed=config.seed, n_neighbors=config.umap_neighbors)
+                project_2d(x, method, seed=config.seed, n_neighbors=config.umap_neighbors)
                 for x in tqdm(features, desc=f"{method} maps", leave=False)
             ]
         )

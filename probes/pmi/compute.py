@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -163,32 +162,6 @@ def subsample(n: int, max_points: int, seed: int) -> np.ndarray:
     if n <= max_points:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
-
-
-def project_2d(x: np.ndarray, method: str, *, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """A 2-D map of standardised ``x`` by PCA or UMAP (float32)."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    if len(x) < 3:
-        raise DataError("a map needs at least 3 points")
-    z = StandardScaler().fit_transform(x)
-    if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)
-    if method == "umap":
-        import umap
-
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=min(n_neighbors, len(z) - 1),
-            random_state=seed,
-            n_jobs=1,
-            init="pca",
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return reducer.fit_transform(z).astype(np.float32)
-    raise DataError(f"unknown map method {method!r}; choose umap or pca")
 
 
 def label_purity(

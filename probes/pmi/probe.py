@@ -22,6 +22,7 @@ from workbench.data.stories import (
     uniform_chance,
 )
 from workbench.errors import DataError, FamilyError
+from workbench.maps import MAP_METHODS, project_2d
 from workbench.models import LoadedModel, load_model
 from workbench.probe import check_family
 from workbench.results import ProbeResult, run_provenance
@@ -66,7 +67,7 @@ def validate(config: Config) -> None:
         raise DataError("n_examples must lie between 1 and n_stories")
     if not 0 <= config.example < config.n_examples:
         raise DataError(f"example must lie in 0..{config.n_examples - 1} (n_examples - 1)")
-    if config.slot_map not in ("umap", "pca", "none"):
+    if config.slot_map not in (*MAP_METHODS, "none"):
         raise DataError(f"unknown slot_map {config.slot_map!r}; choose umap, pca or none")
     if config.max_map_points < 10 or config.batch_size < 1:
         raise DataError("max_map_points must be >= 10 and batch_size >= 1")
@@ -407,7 +408,7 @@ def _slot_map(
                 )
     keep = compute.subsample(len(states), config.max_map_points, config.seed)
     x = np.stack(states)[keep]
-    xy = compute.project_2d(x, config.slot_map, seed=config.seed, n_neighbors=config.umap_neighbors)
+    xy = project_2d(x, config.slot_map, seed=config.seed, n_neighbors=config.umap_neighbors)
     out = {"map_xy": xy, "map_method": np.array(config.slot_map)}
     for key, values in labels.items():
         out[f"map_{key}"] = np.array(values)[keep]
