@@ -234,6 +234,18 @@ def test_official_vim_ti_checkpoint_loads_strictly(vim_ti_checkpoint):
     assert sum(t.numel() for t in state.values()) == 7_148_008  # Vim-Ti's 7M parameters
 
 
+def test_overlapping_patches_count_the_real_grid(tmp_path):
+    config = VimConfig(
+        d_model=16, n_layers=2, d_state=4, image_size=32, patch_size=16, stride=8, num_classes=3
+    )
+    save_pretrained(VisionMamba(config), tmp_path / "vim-s8", torch.float32)
+    lm = load_model(tmp_path / "vim-s8")
+    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    tokens = lm(**lm.encode_images(images)).last_hidden_state.shape[1]
+    assert lm.n_patches == 9 == tokens - 1  # a 3 x 3 grid of 16-px windows plus the class token
+    assert "9 patches (stride 8px)" in repr(lm)
+
+
 def test_restricted_unpickler_refuses_code(tmp_path):
     marker = tmp_path / "was-called"
 

@@ -86,6 +86,8 @@ class LoadedModel:
     backend: str = "hf"
     image_size: int | None = None
     patch_size: int | None = None
+    grid_size: int | None = None
+    """Patches per side when patches overlap (stride below the patch width); else None."""
     n_prefix_tokens: int = 0
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -151,7 +153,7 @@ class LoadedModel:
     def n_patches(self) -> int:
         if not self.is_vision or not self.patch_size:
             raise DataError(f"{self.spec} is a {self.family} model and has no image patches")
-        return (self.image_size // self.patch_size) ** 2
+        return (self.grid_size or self.image_size // self.patch_size) ** 2
 
     def encode_images(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 images (N, H, W, 3) at the model's own size -> normalised ``pixel_values``.
@@ -250,7 +252,8 @@ class LoadedModel:
         ]
         if self.is_vision:
             lines.append(
-                f"  input       {self.image_size}px images, {self.patch_size}px patches, "
+                f"  input       {self.image_size}px images, {self.n_patches} patches "
+                f"({'stride' if self.grid_size else 'size'} {self.patch_size}px), "
                 f"{self.n_prefix_tokens} prefix token(s)"
             )
         lines.append(f"  sites       blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(kinds)}}}")

@@ -754,6 +754,7 @@ def load(spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype)
         source=folder,
         image_size=vim_config.image_size,
         patch_size=vim_config.stride,
+        grid_size=None if vim_config.stride == vim_config.patch_size else vim_config.grid_size,
         n_prefix_tokens=0,
         image_mean=vim_config.image_mean,
         image_std=vim_config.image_std,
