@@ -13,6 +13,7 @@ from workbench.zoo.training import (
     adamw_warmup_cosine,
     flip_augment,
     save_atomically,
+    write_vit_folder,
 )
 
 
@@ -68,3 +69,17 @@ def test_save_atomically_refuses_an_oversized_checkpoint_and_keeps_the_old_one(t
         save_atomically(out, _write(MAX_CHECKPOINT_BYTES + 1), {"seed": 2})
     assert json.loads((out / "recipe.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+@pytest.mark.parametrize("name", ["vit-scenes", "vit-binding-sup"])
+def test_vit_writer_reproduces_the_committed_preprocessor_config(tmp_path, name):
+    from transformers import ViTForImageClassification
+
+    from workbench.zoo import zoo_path
+    from workbench.zoo.vit_scenes import IMAGE_MEAN, IMAGE_STD
+
+    committed = zoo_path(name)
+    model = ViTForImageClassification.from_pretrained(committed)
+    write_vit_folder(model, tmp_path, IMAGE_MEAN, IMAGE_STD)
+    written = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert written == json.loads((committed / "preprocessor_config.json").read_text())

@@ -1,4 +1,5 @@
-"""What every zoo recipe shares: the optimiser and schedule, flip augmentation, an atomic save.
+"""What zoo recipes share: the optimiser and schedule, flip augmentation, the ViT folder
+writer, and an atomic save.
 
 A recipe trains a small model on synthetic data and calls ``save_atomically`` with a function
 that writes the model's files into a folder; the folder gets a ``recipe.json`` (recipe, seed,
@@ -116,3 +117,28 @@ def save_atomically(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def write_vit_folder(
+    model: torch.nn.Module,
+    folder: Path,
+    image_mean: tuple[float, ...],
+    image_std: tuple[float, ...],
+) -> None:
+    """A ViT's Hugging Face files: config, weights, and a preprocessor config that never resizes.
+
+    Scenes are rendered at the model's own size, so resizing would only blur patch boundaries.
+    """
+    model.save_pretrained(folder)
+    size = model.config.image_size
+    preprocessor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": False,
+        "size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(image_mean),
+        "image_std": list(image_std),
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")

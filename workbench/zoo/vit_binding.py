@@ -19,7 +19,6 @@ is seeded and the scenes deterministic; held-out metrics come from scenes of ano
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from workbench.zoo.training import (
     adamw_warmup_cosine,
     flip_augment,
     save_atomically,
+    write_vit_folder,
 )
 
 ARCHITECTURE = "6-layer ViT (width 96, 4 heads, 8-px patches, 64-px images)"
@@ -311,7 +311,9 @@ def _build(
         "augmentation": "random horizontal/vertical flips and transposes",
         **details,
     }
-    save_atomically(out_dir, lambda tmp: _write(model, tmp), recipe)
+    save_atomically(
+        out_dir, lambda tmp: write_vit_folder(model, tmp, IMAGE_MEAN, IMAGE_STD), recipe
+    )
     return metrics
 
 
@@ -479,19 +481,3 @@ def evaluate_supervised(model: torch.nn.Module, scenes: Scenes) -> dict:
         "f1": {name: round(float(v), 4) for name, v in zip(names, f1, strict=True)},
         "exact_match": round(float((pred == truth).all(axis=1).mean()), 4),
     }
-
-
-def _write(model: torch.nn.Module, folder: Path) -> None:
-    """The Hugging Face files: config, fp16 weights, and a preprocessor config without resizing."""
-    model.save_pretrained(folder)
-    preprocessor = {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": False,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(IMAGE_MEAN),
-        "image_std": list(IMAGE_STD),
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")

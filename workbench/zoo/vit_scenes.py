@@ -10,7 +10,6 @@ layer, object identity is represented. Training is seeded and the data determini
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from workbench.zoo.training import (
     adamw_warmup_cosine,
     flip_augment,
     save_atomically,
+    write_vit_folder,
 )
 
 NAME = "vit-scenes"
@@ -135,7 +135,9 @@ def build(out_dir: Path, seed: int) -> dict:
         "objective": "BCE on which shapes are present (CLS head) + weight x cross-entropy of "
         "each patch's class from the final patch tokens via a discarded linear head",
     }
-    save_atomically(out_dir, lambda tmp: _write(model, tmp), recipe)
+    save_atomically(
+        out_dir, lambda tmp: write_vit_folder(model, tmp, IMAGE_MEAN, IMAGE_STD), recipe
+    )
     return metrics
 
 
@@ -224,19 +226,3 @@ def evaluate(model: torch.nn.Module, scenes: Scenes) -> dict:
         "chance_label_accuracy": round(float(majority.mean()), 4),
         "chance_exact_match": round(float((truth == majority_rows).all(axis=1).mean()), 4),
     }
-
-
-def _write(model: torch.nn.Module, folder: Path) -> None:
-    """The Hugging Face files: config, fp16 weights, and a preprocessor config without resizing."""
-    model.save_pretrained(folder)
-    preprocessor = {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": False,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(IMAGE_MEAN),
-        "image_std": list(IMAGE_STD),
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
