@@ -58,6 +58,7 @@ def test_save_atomically_records_the_recipe_and_replaces_the_old_build(tmp_path)
     save_atomically(out, _write(20), {"seed": 2})
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["seed"] == 2 and len(recipe["model_sha256"]) == 64
+    assert recipe["torch_version"] == torch.__version__ and recipe["transformers_version"]
     assert (out / "model.safetensors").stat().st_size == 20
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]
 

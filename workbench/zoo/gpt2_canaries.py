@@ -72,7 +72,6 @@ def build(out_dir: Path, seed: int) -> dict:
     """Train, evaluate the fp16 weights on canaries and held-out text, save atomically."""
     import tempfile
 
-    import transformers
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     from workbench.models.scratch import save_word_tokenizer
@@ -102,8 +101,6 @@ def build(out_dir: Path, seed: int) -> dict:
             "recipe": __name__,
             "seed": seed,
             "metrics": metrics,
-            "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
             "corpus": "workbench.data.canaries.make_canary_corpus(seed=seed, **corpus_kwargs)",
             "corpus_kwargs": CORPUS_KWARGS,
             "canary_fraction_of_training_tokens": round(corpus.canary_fraction(), 4),

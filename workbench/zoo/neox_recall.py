@@ -165,7 +165,6 @@ def build(
     on_step: Any = None,
 ) -> dict:
     """Train, evaluate recall on held-out prompts, save atomically; return the metrics."""
-    import transformers
     from transformers import GPTNeoXForCausalLM
 
     start = time.perf_counter()
@@ -185,8 +184,6 @@ def build(
         "recipe": __name__,
         "seed": seed,
         "metrics": metrics,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
         "words": f"workbench.data.recall.pseudo_words({N_WORDS}, seed={seed}), in rank order",
         "zipf_exponent": ZIPF_EXPONENT,
         "episode_mix": EPISODE_MIX,

@@ -149,7 +149,6 @@ def _build(out_dir: Path, seed: int, architecture: str, name: str) -> dict:
         "recipe": __name__,
         "seed": seed,
         "metrics": metrics,
-        "torch_version": torch.__version__,
         "architecture": architecture,
         "train_size": TRAIN_SIZE,
         "train_seed": seed,

@@ -3,8 +3,8 @@ writer, and an atomic save.
 
 A recipe trains a small model on synthetic data and calls ``save_atomically`` with a function
 that writes the model's files into a folder; the folder gets a ``recipe.json`` (recipe, seed,
-metrics, the weights' sha256) and replaces the old build in one rename, so a failed build never
-leaves a half-written model behind.
+metrics, torch and transformers versions, the weights' sha256) and replaces the old build in one
+rename, so a failed build never leaves a half-written model behind.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 MAX_CHECKPOINT_BYTES = 5 * 2**20
 """Every committed zoo checkpoint stays at or under 5 MB."""
@@ -103,7 +104,12 @@ def save_atomically(
                 f"{weights_file} is {size / 2**20:.1f} MB; zoo checkpoints must stay at or under "
                 f"{MAX_CHECKPOINT_BYTES / 2**20:.0f} MB (save fp16, or shrink the model)"
             )
-        recipe = {**recipe, "model_sha256": sha256_file(weights)}
+        recipe = {
+            **recipe,
+            "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
+            "model_sha256": sha256_file(weights),
+        }
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         if out_dir.exists():
             out_dir.rename(old)

@@ -103,7 +103,6 @@ def build(out_dir: Path, seed: int) -> dict:
         "recipe": __name__,
         "seed": seed,
         "metrics": metrics,
-        "torch_version": torch.__version__,
         "image_mean": list(IMAGE_MEAN),
         "image_std": list(IMAGE_STD),
         "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",

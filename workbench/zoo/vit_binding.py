@@ -274,7 +274,6 @@ def _build(
     details: dict[str, Any],
 ) -> dict:
     """Render scenes, train, evaluate the fp16 weights on held-out scenes, save atomically."""
-    import transformers
 
     start = time.perf_counter()
     with torch_threads(MAX_THREADS):
@@ -293,8 +292,6 @@ def _build(
         "recipe": __name__,
         "seed": seed,
         "metrics": metrics,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
         "architecture": ARCHITECTURE,
         "image_mean": list(IMAGE_MEAN),
         "image_std": list(IMAGE_STD),

@@ -94,7 +94,6 @@ def build(out_dir: Path, seed: int) -> dict:
 
     Returns the held-out metrics (also written to ``recipe.json``).
     """
-    import transformers
     from transformers import ViTForImageClassification
 
     out_dir = Path(out_dir)
@@ -115,8 +114,6 @@ def build(out_dir: Path, seed: int) -> dict:
         "recipe": __name__,
         "seed": seed,
         "metrics": metrics,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
         "image_mean": list(IMAGE_MEAN),
         "image_std": list(IMAGE_STD),
         "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",
