@@ -19,7 +19,7 @@ import torch
 from probes.binding import compute
 from workbench.data.scenes import make_binding_scenes, patch_labels
 
-from _timing import interleaved_medians
+from _common import interleaved_medians
 
 
 def main() -> None:

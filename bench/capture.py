@@ -17,9 +17,8 @@ import torch
 
 from workbench.capture import capture
 from workbench.models import load_model
-from workbench.models.scratch import save_random_model
 
-from _timing import interleaved_medians
+from _common import interleaved_medians, save_reference_gpt2
 
 
 def main() -> None:
@@ -31,15 +30,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_model(
-            Path(tmp) / "gpt2-6x384",
-            "gpt2",
-            n_layers=6,
-            d_model=384,
-            n_heads=6,
-            n_positions=1024,
-            words=[f"w{i}" for i in range(50257 - 6)],
-        )
+        folder = save_reference_gpt2(Path(tmp) / "gpt2-6x384")
         lm = load_model(folder)
         bridge = load_model(folder, backend="transformer-lens")
         ids = torch.randint(6, lm.model.config.vocab_size, (args.batch, args.tokens))

@@ -32,7 +32,7 @@ from workbench.data.canaries import text_sample
 from workbench.models import LoadedModel, load_model
 from workbench.threads import torch_threads
 
-from _timing import interleaved_medians
+from _common import interleaved_medians
 
 SELECTION_SHAPE = (3072, 768)
 SPECTRUM_EXPONENT = 1.25

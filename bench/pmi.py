@@ -20,7 +20,7 @@ from workbench.capture import capture
 from workbench.data.stories import make_stories
 from workbench.models import load_model
 
-from _timing import interleaved_medians
+from _common import interleaved_medians
 
 
 def main() -> None:

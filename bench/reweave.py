@@ -21,9 +21,8 @@ import torch
 from probes.reweave.operator import Reweaving, reweave
 from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel, load_model
-from workbench.models.scratch import save_random_model
 
-from _timing import interleaved_medians
+from _common import interleaved_medians, save_reference_gpt2
 
 
 def compare(lm: LoadedModel, inputs: dict, rounds: int) -> dict[str, float]:
@@ -63,15 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_model(
-            Path(tmp) / "gpt2-6x384",
-            "gpt2",
-            n_layers=6,
-            d_model=384,
-            n_heads=6,
-            n_positions=1024,
-            words=[f"w{i}" for i in range(50257 - 6)],
-        )
+        folder = save_reference_gpt2(Path(tmp) / "gpt2-6x384")
         lm = load_model(folder)
         ids = torch.randint(6, lm.model.config.vocab_size, (args.batch, args.tokens))
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

@@ -28,7 +28,7 @@ from workbench.errors import ModelNotFoundError
 from workbench.models import LoadedModel, load_model
 from workbench.models.vim import VimConfig, VisionMamba, flush_denormals, vim_sites, vim_weights
 
-from _timing import interleaved_medians
+from _common import interleaved_medians
 
 
 def attention_inputs(L: int, E: int, N: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
