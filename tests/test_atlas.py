@@ -10,7 +10,7 @@ from probes.atlas import compute
 from probes.atlas.data import LabelledPositions
 from probes.atlas.plots import colour_options
 from probes.atlas.widget import AtlasExplorer
-from workbench.errors import DataError, FamilyError
+from workbench.errors import ConfigError, DataError, FamilyError
 from workbench.maps import project_2d
 from workbench.models import load_model
 
@@ -100,8 +100,10 @@ def test_wrong_family_and_bad_config_fail_before_work(scratch_models):
     with pytest.raises(FamilyError, match="accepts vit or encoder or causal-lm"):
         atlas.run(lm)
     lm.family = "encoder"
-    with pytest.raises(DataError, match="unknown map method"):
-        atlas.run(lm, atlas.Config(methods=("tsne",)))
+    with pytest.raises(ConfigError, match="methods\\[0\\] must be one of"):
+        atlas.Config(methods=("tsne",))
+    with pytest.raises(ConfigError, match="n_inputs must lie in"):
+        atlas.Config(n_inputs=10**8)
     with pytest.raises(DataError, match="needs a vision model"):
         atlas.run(lm, atlas.Config(dataset="scenes"))
 

@@ -1,6 +1,7 @@
 """Interpretability workbench: load a model, capture named sites, run probes, save results."""
 
 from workbench.capture import ActivationCache, capture, hooks
+from workbench.edit import edited, edited_copy
 from workbench.errors import (
     DataError,
     FamilyError,
@@ -25,6 +26,8 @@ __all__ = [
     "SiteError",
     "WorkbenchError",
     "capture",
+    "edited",
+    "edited_copy",
     "hooks",
     "load_model",
 ]

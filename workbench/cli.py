@@ -1,4 +1,4 @@
-"""The ``workbench`` command: list, run, demo, report, zoo."""
+"""The ``workbench`` command: list, run, demo, report, export, compare, zoo."""
 
 from __future__ import annotations
 
@@ -157,6 +157,29 @@ def export(
         written = export_figures(
             {n: loaded.figures[n] for n in names}, out, tuple(fmt or DEFAULT_FORMATS)
         )
+    except WorkbenchError as err:
+        _fail(err)
+    for paths in written.values():
+        for path in paths:
+            if path.suffix != ".json":
+                typer.echo(str(path))
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="result folders of one probe")],
+    out: Annotated[Path, typer.Option(help="folder to write the comparison figures into")],
+    fmt: Annotated[
+        list[str] | None, typer.Option("--format", help="html, png, svg or pdf (repeatable)")
+    ] = None,
+) -> None:
+    """Draw several runs of one probe on shared axes, from the metrics it declares comparable."""
+    from workbench.compare import compare_figures, load_runs
+    from workbench.figures import DEFAULT_FORMATS, export_figures
+
+    try:
+        figures = compare_figures(load_runs(runs))
+        written = export_figures(figures, out, tuple(fmt or DEFAULT_FORMATS))
     except WorkbenchError as err:
         _fail(err)
     for paths in written.values():

@@ -27,3 +27,11 @@ class SiteError(WorkbenchError):
 
 class OutputExistsError(WorkbenchError):
     """An output folder already holds another run."""
+
+
+class ConfigError(WorkbenchError):
+    """A probe setting of the wrong type or out of range (raised when the Config is built)."""
+
+
+class ResourceError(WorkbenchError):
+    """A run ran out of memory or another resource; the message says what to lower."""

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import FamilyError, OutputExistsError, WorkbenchError
-from workbench.probe import get_probe, make_config
+from workbench.errors import OutputExistsError, WorkbenchError
+from workbench.probe import check_family, get_probe, make_config, probe_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
+GENERIC_NOTEBOOK = "probe.ipynb"
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,7 @@ def plan_run(
     module = get_probe(probe)
     make_config(probe, preset=preset, params=params)
     model = model or module.DEFAULT_MODELS[0]
-    family = peek_family(model)
-    if family not in module.FAMILIES:
-        raise FamilyError(
-            f"the {probe} probe accepts {' or '.join(module.FAMILIES)} models; "
-            f"{model} is a {family} model"
-        )
+    check_family(probe, module.FAMILIES, model, peek_family(model))
     out = Path(out).absolute()  # the notebook runs in notebooks/, so relative paths would move
     check_output(out, overwrite)
     return RunPlan(probe, model, preset, dict(params or {}), out, overwrite)
@@ -86,23 +82,24 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    source = NOTEBOOKS / f"{plan.probe}.ipynb"
-    if not source.is_file():
-        raise WorkbenchError(f"{source} is missing; run with --no-notebook or restore it")
+    source = notebook_for(plan.probe)
     stage = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.run-", dir=plan.out.parent))
     staged_result = stage / "result"
+    parameters: dict[str, Any] = {
+        "model": plan.model,
+        "preset": plan.preset,
+        "params": plan.params,
+        "out": str(staged_result),
+    }
+    if source == NOTEBOOKS / GENERIC_NOTEBOOK:
+        parameters["probe"] = plan.probe
     executed = stage / source.name
     try:
         try:
             pm.execute_notebook(
                 str(source),
                 str(executed),
-                parameters={
-                    "model": plan.model,
-                    "preset": plan.preset,
-                    "params": plan.params,
-                    "out": str(staged_result),
-                },
+                parameters=parameters,
                 cwd=str(NOTEBOOKS),
                 progress_bar=progress,
                 kernel_name="python3",
@@ -120,6 +117,18 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return plan.out
+
+
+def notebook_for(probe: str) -> Path:
+    """The notebook a headless run executes: ``notebooks/PROBE.ipynb``, else the probe package's
+    own ``notebook.ipynb``, else the generic ``notebooks/probe.ipynb`` (run, figures, save)."""
+    for path in (NOTEBOOKS / f"{probe}.ipynb", probe_folder(probe) / "notebook.ipynb"):
+        if path.is_file():
+            return path
+    generic = NOTEBOOKS / GENERIC_NOTEBOOK
+    if not generic.is_file():
+        raise WorkbenchError(f"{generic} is missing; run with --no-notebook or restore it")
+    return generic
 
 
 def _swap_into_place(staged: Path, out: Path, overwrite: bool) -> None:

@@ -1,16 +1,21 @@
-"""Atlas settings; every field can be set from a preset or ``--param k=v``."""
+"""Atlas settings and comparable metrics; every field can be set from a preset or ``--param``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from workbench.probe import Metric, ProbeConfig, at_least, between
+
+MAX_INPUTS = 100_000
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "auto"
+class Config(ProbeConfig):
+    dataset: Literal["auto", "scenes", "words"] = "auto"
     """``scenes`` (vision: object class under each patch), ``words`` (text: semantic category of
     a word in a neutral sentence), or ``auto`` to pick by the model's family."""
-    site_kind: str = "resid_post"
+    site_kind: Literal["resid_pre", "resid_post", "attn.out", "mlp.in", "mlp.out"] = "resid_post"
     """Which site of each block to read; the embedding output is always added as layer 0."""
     n_inputs: int = 240
     """Images or sentences to run through the model."""
@@ -20,9 +25,23 @@ class Config:
     """Cross-validation folds, grouped by image or by word so no group is on both sides."""
     probe_c: float = 1.0
     """Inverse L2 strength of the logistic-regression probe."""
-    methods: tuple[str, ...] = ("pca", "umap")
+    methods: tuple[Literal["pca", "umap"], ...] = ("pca", "umap")
     umap_neighbors: int = 15
     random_control: bool = True
     """Also probe a randomly initialised copy of the model: the floor a trained model must beat."""
     batch_size: int = 16
-    seed: int = 0
+
+    def check(self) -> None:
+        at_least(self, 2, "n_inputs", "folds", "umap_neighbors")
+        at_least(self, 10, "max_points")
+        at_least(self, 1, "batch_size")
+        between(self, 0, MAX_INPUTS, "n_inputs", "max_points")
+        between(self, 1e-6, 1e6, "probe_c")
+
+
+METRICS = (
+    Metric("peak_accuracy", "peak held-out accuracy", percent=True),
+    Metric("chance_accuracy", "chance (majority class)", better="neither", percent=True),
+    Metric("control_peak_accuracy", "random-init peak accuracy", better="neither", percent=True),
+    Metric("accuracy", "held-out accuracy by layer", percent=True, over="layer_names"),
+)

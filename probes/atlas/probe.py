@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from tqdm.auto import tqdm
 
 from probes.atlas import compute
 from probes.atlas.config import Config
 from probes.atlas.data import LabelledPositions, default_dataset
+from probes.atlas.plots import figures
 from workbench.capture import capture
-from workbench.errors import DataError
-from workbench.maps import MAP_METHODS, project_2d
+from workbench.maps import project_2d
 from workbench.models import LoadedModel
-from workbench.probe import check_family
-from workbench.results import ProbeResult, run_provenance
+from workbench.probe import Findings, run_frame
 
 NAME = "atlas"
 FAMILIES = ("vit", "encoder", "causal-lm")
 DEFAULT_MODELS = ("zoo:vit-scenes", "zoo:minilm")
 
 
-def validate(config: Config) -> None:
-    bad = [m for m in config.methods if m not in MAP_METHODS]
-    if bad:
-        raise DataError(f"unknown map method(s) {bad}; choose from {', '.join(MAP_METHODS)}")
-    if config.folds < 2:
-        raise DataError("folds must be at least 2 for cross-validation")
-    if config.n_inputs < 2 or config.max_points < 10:
-        raise DataError("n_inputs must be >= 2 and max_points >= 10")
-
-
-def run(
-    model: LoadedModel, config: Config | None = None, data: LabelledPositions | None = None
-) -> ProbeResult:
+@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures)
+def run(model: LoadedModel, config: Config, data: LabelledPositions | None) -> Findings:
     """Where does the label become linearly decodable, and what do the layers look like?"""
-    started = time.time()
-    config = config or Config()
-    check_family(model, FAMILIES, NAME)
-    validate(config)
-    model.layer_sites(config.site_kind)  # unknown site kind fails here, before any work
     if data is None:
         data = default_dataset(model, config.dataset, config.n_inputs, config.seed)
 
@@ -96,18 +77,7 @@ def run(
             ]
         )
     summary = _summary(model.spec, data.label_title, layer_names, acc, chance, onset, metrics)
-    result = ProbeResult(
-        probe=NAME,
-        metrics=metrics,
-        arrays=arrays,
-        figures={},
-        provenance=run_provenance(NAME, model, config, started),
-        summary=summary,
-    )
-    from probes.atlas.plots import figures
-
-    result.figures = figures(result)
-    return result
+    return Findings(metrics, arrays, summary)
 
 
 def _features(

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,11 @@ FAMILIES = ("vit", "causal-lm", "encoder", "vim", "pmi")
 """Families the loader knows: Hugging Face ones, and the workbench's own (``vim``, ``pmi``)."""
 
 SITE_KINDS = ("resid_pre", "resid_post", "attn.out", "attn.pattern", "mlp.in", "mlp.out")
+
+
+class HookPoint(nn.Identity):
+    """An identity module inside the workbench's own models: a named place that capture and
+    hooks can read or replace (a site points at it), with no parameters and no cost unhooked."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,9 @@ class Weight:
     module: str
     transposed: bool = False
     rows: tuple[int, int] | None = None
+    param: str = "weight"
+    """The module's attribute holding it: ``weight`` for matrices, or another parameter (Vim's
+    ``A_log`` and ``D``)."""
 
 
 @dataclass(eq=False)
@@ -93,6 +102,8 @@ class LoadedModel:
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     extra_forward_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Weight] = field(default_factory=dict)
+    head_labels: tuple[str, ...] | None = None
+    """Names of the classification head's outputs, in order; None when there is no head."""
     _digest: str | None = field(default=None, repr=False)
 
     # -- sites ---------------------------------------------------------------------------------
@@ -123,6 +134,31 @@ class LoadedModel:
     # -- weights -------------------------------------------------------------------------------
     def weight(self, name: str) -> torch.Tensor:
         """The (out, in) matrix ``name`` as a view of the parameter: edits write through."""
+        w = self.weights[name]
+        matrix = self.parameter(name)
+        matrix = matrix.T if w.transposed else matrix
+        if w.rows is not None:
+            matrix = matrix[w.rows[0] : w.rows[1]]
+        return matrix
+
+    def parameter(self, name: str) -> nn.Parameter:
+        """The whole parameter holding weight ``name`` (a fused QKV matrix holds three names):
+        what an exact save and restore, or ``requires_grad``, works on."""
+        self._check_weight(name)
+        w = self.weights[name]
+        return getattr(self.model.get_submodule(w.module), w.param)
+
+    def bias(self, name: str) -> torch.Tensor | None:
+        """The bias added after matrix ``name`` (its rows of a fused one), or None."""
+        self._check_weight(name)
+        w = self.weights[name]
+        bias = getattr(self.model.get_submodule(w.module), "bias", None)
+        if bias is None or w.param != "weight":
+            return None
+        return bias if w.rows is None else bias[w.rows[0] : w.rows[1]]
+
+    def _check_weight(self, name: str) -> None:
+        """Raise SiteError naming close matches when ``name`` is not a weight of this model."""
         if name not in self.weights:
             close = difflib.get_close_matches(name, list(self.weights), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -130,12 +166,6 @@ class LoadedModel:
                 f"{self.spec} has no weight {name!r}.{hint} Weights look like "
                 "blocks.0.mlp.W_in; list them with model.weight_names()."
             )
-        w = self.weights[name]
-        matrix = self.model.get_submodule(w.module).weight
-        matrix = matrix.T if w.transposed else matrix
-        if w.rows is not None:
-            matrix = matrix[w.rows[0] : w.rows[1]]
-        return matrix
 
     def weight_names(self, pattern: str | None = None) -> list[str]:
         """Weight names, optionally filtered by a regular expression (``r"mlp\\.W_"``)."""
@@ -213,10 +243,45 @@ class LoadedModel:
 
     def __call__(self, **batch: torch.Tensor) -> Any:
         """One forward pass without gradients, called the way this backend expects."""
-        with torch.no_grad():
+        return self.forward(batch)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], *, grad: bool = False) -> Any:
+        """One forward pass, with gradients when ``grad`` (for attributions, fits, K-FAC)."""
+        with torch.set_grad_enabled(grad):
             if self.backend == "transformer-lens":
                 return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-            return self.model(**self.forward_kwargs(batch))
+            return self.model(**self.forward_kwargs(dict(batch)))
+
+    # -- facts probes need ---------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        """The model's configuration object (read it; changing it changes nothing reliably)."""
+        if self.backend == "transformer-lens":
+            return self.model.cfg
+        return getattr(self.model, "config", None)
+
+    @property
+    def context_length(self) -> int | None:
+        """How many positions the model reads (its position table), if it says."""
+        cfg = self.config
+        if self.backend == "transformer-lens":
+            return int(cfg.n_ctx)
+        for key in ("n_positions", "max_position_embeddings"):
+            value = getattr(cfg, key, None)
+            if value:
+                return int(value)
+        return None
+
+    @property
+    def n_heads(self) -> int | None:
+        """Attention heads per block, or None for models without attention (Vim)."""
+        cfg = self.config
+        cfg = getattr(cfg, "vision_config", cfg)
+        for key in ("num_attention_heads", "n_head", "n_heads"):
+            value = getattr(cfg, key, None)
+            if value:
+                return int(value)
+        return None
 
     def random_init_copy(self, seed: int = 0) -> LoadedModel:
         """The same architecture with fresh random weights: the floor for "is this learned?"."""

@@ -202,12 +202,21 @@ def _load_hf(
         model_type=model_type,
         source=folder,
         weights=weights,
+        head_labels=_head_labels(model),
     )
     if family == "vit":
         _add_vision_info(loaded, folder, cfg)
     else:
         loaded.processor = _load_tokenizer(folder)
     return loaded
+
+
+def _head_labels(model: nn.Module) -> tuple[str, ...] | None:
+    """Class names of a classification head (``...ForImageClassification``), else None."""
+    if not hasattr(model, "classifier"):
+        return None
+    id2label = model.config.id2label
+    return tuple(str(id2label.get(k, k)) for k in range(model.config.num_labels))
 
 
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.errors import DataError, ModelNotFoundError
-from workbench.models.loaded import LoadedModel, Site
+from workbench.models.loaded import HookPoint, LoadedModel, Site
 
 ARCHITECTURES = ("pmi", "transformer")
 CONSOLIDATIONS = ("outer_product", "rowsum_scaled_wm")
@@ -165,13 +165,6 @@ class PMIOutput:
 
     logits: torch.Tensor
     readout: torch.Tensor
-
-
-class HookPoint(nn.Module):
-    """Identity module: a named place where capture and hooks can read or replace a tensor."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 # -- the equations as pure functions (tests recompute each one slowly) -----------------------
@@ -599,4 +592,5 @@ def load(
         d_model=cfg.d_model,
         model_type="pmi",
         source=folder,
+        head_labels=tuple(cfg.answer_labels) or None,
     )

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.errors import ModelNotFoundError, WorkbenchError
-from workbench.models.loaded import LoadedModel, Site, Weight
+from workbench.models.loaded import HookPoint, LoadedModel, Site, Weight
 
 DIRECTIONS = ("fwd", "bwd")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -301,10 +301,6 @@ def selective_scan(
 
 
 # -- modules -----------------------------------------------------------------------------------
-class HookPoint(nn.Identity):
-    """A named place inside the mixer that capture and hooks can reach (no parameters)."""
-
-
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 -> float32; float32 and float64 stay as they are (the scan's precision)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
@@ -759,6 +755,10 @@ def load(spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype)
         image_mean=vim_config.image_mean,
         image_std=vim_config.image_std,
         weights=vim_weights(vim_config.n_layers),
+        head_labels=tuple(
+            vim_config.id2label.get(str(k), str(k)) for k in range(vim_config.num_classes)
+        )
+        or None,
     )
 
 
@@ -778,6 +778,8 @@ def vim_sites(n_layers: int) -> dict[str, Site]:
             for part in ("x", "delta", "B", "C", "h", "y"):
                 sites.append(Site(f"ssm.{i}.{d}.{part}", f"{b}.mixer.{d}.{part}", "output"))
     for w in vim_weights(n_layers).values():
+        if w.param != "weight":
+            continue
         sites.append(Site(f"{w.name}.input", w.module, "input"))
         sites.append(Site(f"{w.name}.output", w.module, "output"))
     return {s.name: s for s in sites}
@@ -796,5 +798,8 @@ def vim_weights(n_layers: int) -> dict[str, Weight]:
             weights += [
                 Weight(f"blocks.{i}.ssm.{d}.W_x", f"{m}.x_proj{b}"),
                 Weight(f"blocks.{i}.ssm.{d}.W_dt", f"{m}.dt_proj{b}"),
+                # A = -exp(A_log), (E, N); D, (E,): the skip term of y = C h + D x.
+                Weight(f"blocks.{i}.ssm.{d}.A_log", m, param=f"A{b}_log"),
+                Weight(f"blocks.{i}.ssm.{d}.D", m, param=f"D{b}"),
             ]
     return {w.name: w for w in weights}
