@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+import probes.pmi.probe as pmi_probe_module
 from probes import pmi
 from probes.pmi import compute
 from probes.pmi.plots import figures
 from probes.pmi.widget import PMIExplorer
 from workbench.capture import hooks
 from workbench.data.stories import QUESTION, make_stories
-from workbench.errors import DataError, FamilyError
+from workbench.errors import ConfigError, DataError, FamilyError
 from workbench.models import load_model
 from workbench.results import ProbeResult
 
@@ -117,6 +118,17 @@ def test_trained_pmi_beats_chance_and_reports_its_control(result):
     assert 0.0 <= m["control_accuracy"] <= 1.0
     assert m["headline"][:2] == ["accuracy", "control_accuracy"]
     assert set(m["ablation_accuracy"]) == {k for k in pmi.probe.ABLATIONS}
+    for label, (_, key) in pmi.probe.ABLATIONS.items():
+        assert m[key] == m["ablation_accuracy"][label]
+    assert m["ltm_read_share_question_last_step"] == pytest.approx(
+        1 - m["wm_read_share_question_last_step"], abs=1e-4
+    )
+    for metric in pmi.METRICS:  # every comparable metric is in the result, curves labelled
+        if metric.over:
+            assert len(result.arrays[metric.key]) == len(result.arrays[metric.over]), metric.key
+        else:
+            assert isinstance(m[metric.key], float), metric.key
+    assert result.provenance["control_spec"] == "zoo:pmi-stories-control"
 
 
 def test_probe_leaves_no_hooks(zoo_pmi, result):
@@ -168,7 +180,7 @@ def test_planted_writes_and_reads_are_recovered_through_the_probe(zoo_pmi):
         n_stories=12, n_examples=12, slot_map="none", ablations=False, batch_size=64, control=""
     )
     with hooks(zoo_pmi, planted):
-        out = pmi.run(zoo_pmi, config, stories=stories)
+        out = pmi.run(zoo_pmi, config, data=stories)
     a = out.arrays
     for i in range(len(stories)):
         assert np.array_equal(a["ex_holding"][i], np.tile(plan[i], (n_steps, 1)))
@@ -186,19 +198,30 @@ def test_planted_writes_and_reads_are_recovered_through_the_probe(zoo_pmi):
     assert all(not m._forward_hooks for m in zoo_pmi.model.modules())
 
 
-def test_wrong_models_and_bad_configs_fail_before_work(zoo_pmi, scratch_models):
+def test_wrong_models_and_bad_configs_fail_before_work(zoo_pmi, scratch_models, monkeypatch):
     with pytest.raises(FamilyError, match="accepts pmi"):
         pmi.run(load_model(scratch_models["bert"]))
-    with pytest.raises(FamilyError, match="Transformer control"):
-        pmi.run(load_model("zoo:pmi-stories-control"))
     for bad, message in (
-        ({"tasks": ("qa9",)}, "tasks must be"),
-        ({"slot_map": "tsne"}, "unknown slot_map"),
+        ({"tasks": ("qa9",)}, r"tasks\[0\] must be one of"),
+        ({"tasks": ()}, "tasks must name"),
+        ({"slot_map": "tsne"}, "slot_map must be one of"),
         ({"n_examples": 3, "example": 3}, "example must lie"),
         ({"n_stories": 2}, "n_stories"),
+        ({"n_stories": 10**8}, "n_stories must lie in"),
+        ({"max_map_points": 5}, "max_map_points must lie in"),
     ):
-        with pytest.raises(DataError, match=message):
-            pmi.run(zoo_pmi, pmi.Config(**bad))
+        with pytest.raises(ConfigError, match=message):
+            pmi.Config(**bad)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the science started before the model checks")
+
+    monkeypatch.setattr(pmi_probe_module, "load_control", no_work)
+    monkeypatch.setattr(pmi_probe_module, "make_stories", no_work)
+    with pytest.raises(FamilyError, match="Transformer control"):
+        pmi.run(load_model("zoo:pmi-stories-control"))
+    with pytest.raises(FamilyError, match="must be a pmi model"):
+        pmi.run(zoo_pmi, pmi.Config(control=str(scratch_models["bert"])))
 
 
 def test_figures_rebuild_from_a_saved_result(result, tmp_path):

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import probes.vim as vim_probe
+import probes.vim.probe as vim_probe_module
 from probes.vim import compute
 from probes.vim.widget import PATCH_ROW, VimExplorer
 from workbench.data.scenes import SHAPES
-from workbench.errors import DataError, FamilyError
+from workbench.errors import ConfigError, DataError, FamilyError
 from workbench.models import load_model
 from workbench.models.vim import VimConfig, VisionMamba, save_pretrained, selective_scan
 
@@ -172,14 +173,29 @@ def test_probe_result_is_complete_and_saves(planted, tmp_path):
     )
     result.save(tmp_path / "out", formats=("html",))
     assert (tmp_path / "out" / "figures" / "class_token_maps.html").is_file()
+    for metric in vim_probe.METRICS:  # every comparable metric is in the result, curves labelled
+        if metric.over:
+            assert len(result.arrays[metric.key]) == len(result.arrays[metric.over]), metric.key
+        else:
+            assert isinstance(m[metric.key], float), metric.key
+    assert list(result.arrays["layer_names"]) == ["layer 0", "layer 1", "layer 2"]
 
 
-def test_wrong_family_and_bad_config_fail_before_work(planted, scratch_models):
+def test_wrong_family_and_bad_config_fail_before_work(planted, scratch_models, monkeypatch):
     lm, _ = planted
     with pytest.raises(FamilyError, match="accepts vim"):
         vim_probe.run(load_model(scratch_models["vit"]))
-    with pytest.raises(DataError, match="n_maps"):
-        vim_probe.run(lm, vim_probe.Config(n_images=2, n_maps=3))
+    with pytest.raises(ConfigError, match="n_maps"):
+        vim_probe.Config(n_images=2, n_maps=3)
+    with pytest.raises(ConfigError, match="n_images must lie in"):
+        vim_probe.Config(n_images=10**8)
+    with pytest.raises(ConfigError, match="rollout_start must be at least -1"):
+        vim_probe.Config(rollout_start=-2)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the science started before the model checks")
+
+    monkeypatch.setattr(vim_probe_module, "make_scenes", no_work)
     with pytest.raises(DataError, match="rollout_start"):
         vim_probe.run(lm, vim_probe.Config(rollout_start=7))
     with pytest.raises(DataError, match="target 'hexagon'"):

@@ -85,19 +85,19 @@ def write_share_by_role(write: np.ndarray, roles: Sequence[str]) -> np.ndarray:
 
     ``write``: (S, N, T) -> (S, len(ROLES)).
     """
-    roles = np.asarray(roles)
+    role = np.asarray(roles)
     total = write.sum(axis=1)  # (S, T)
-    out = np.stack([total[:, roles == r].sum(-1) for r in ROLES], axis=-1)
+    out = np.stack([total[:, role == r].sum(-1) for r in ROLES], axis=-1)
     return out / np.maximum(out.sum(-1, keepdims=True), 1e-12)
 
 
 def mean_by_role(values: np.ndarray, roles: Sequence[str]) -> np.ndarray:
     """Mean of ``values`` (S, T) over the tokens of each role -> (S, len(ROLES)), NaN if absent."""
-    roles = np.asarray(roles)
+    role = np.asarray(roles)
     out = np.full((values.shape[0], len(ROLES)), np.nan)
     for j, r in enumerate(ROLES):
-        if (roles == r).any():
-            out[:, j] = values[:, roles == r].mean(-1)
+        if (role == r).any():
+            out[:, j] = values[:, role == r].mean(-1)
     return out
 
 
@@ -149,10 +149,10 @@ def slot_change(wm: np.ndarray) -> np.ndarray:
 
 def accuracy_by_task(pred: np.ndarray, truth: np.ndarray, tasks: Sequence[str]) -> dict[str, float]:
     """Accuracy overall (key ``all``) and for each task present."""
-    tasks = np.asarray(tasks)
+    task_of = np.asarray(tasks)
     out = {"all": float((pred == truth).mean())}
-    for task in dict.fromkeys(tasks.tolist()):
-        sel = tasks == task
+    for task in dict.fromkeys(task_of.tolist()):
+        sel = task_of == task
         out[task] = float((pred[sel] == truth[sel]).mean())
     return out
 

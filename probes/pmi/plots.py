@@ -52,7 +52,7 @@ def _title_room(fig: go.Figure, lines: float) -> go.Figure:
 # -- accuracy ----------------------------------------------------------------------------------
 def accuracy_figure(result: ProbeResult) -> go.Figure:
     """PMI and control accuracy per task, with majority-answer and uniform chance."""
-    a, m = result.arrays, result.metrics
+    a = result.arrays
     tasks = a["task_names"].tolist()
     fig = new_figure(
         title="Held-out accuracy: PMI-Transformer vs the same-size Transformer"
@@ -71,7 +71,7 @@ def accuracy_figure(result: ProbeResult) -> go.Figure:
             go.Bar(
                 x=tasks,
                 y=a["control_accuracy_by_task"],
-                name=f"Transformer control ({m.get('control_spec', 'control')})",
+                name=f"Transformer control ({result.provenance.get('control_spec', 'control')})",
             )
         )
     fig.add_trace(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -11,10 +10,10 @@ from tqdm.auto import tqdm
 
 from probes.pmi import compute
 from probes.pmi.config import Config
+from probes.pmi.plots import figures
 from workbench.capture import capture, hooks
 from workbench.data.stories import (
     ANSWERS,
-    TASKS,
     VOCABULARY,
     Story,
     majority_accuracy,
@@ -22,10 +21,9 @@ from workbench.data.stories import (
     uniform_chance,
 )
 from workbench.errors import DataError, FamilyError
-from workbench.maps import MAP_METHODS, project_2d
-from workbench.models import LoadedModel, load_model
-from workbench.probe import check_family
-from workbench.results import ProbeResult, run_provenance
+from workbench.maps import project_2d
+from workbench.models import LoadedModel, load_model, peek_family
+from workbench.probe import Findings, run_frame
 
 NAME = "pmi"
 FAMILIES = ("pmi",)
@@ -49,36 +47,34 @@ STEP_SITES = (
     "integration.gate",
 )
 ABLATIONS = {
-    "no LTM read": "read.ltm",
-    "no correction (U = alpha U_w)": "correction.out",
-    "no WM read": "read.wm",
+    "no LTM read": ("read.ltm", "accuracy_no_ltm_read"),
+    "no correction (U = alpha U_w)": ("correction.out", "accuracy_no_correction"),
+    "no WM read": ("read.wm", "accuracy_no_wm_read"),
 }
-"""Accuracy with one read path zeroed at every step (through ``workbench.capture.hooks``)."""
+"""Accuracy with one read path zeroed at every step (through ``workbench.capture.hooks``):
+label -> (zeroed site, metric key)."""
 
 
-def validate(config: Config) -> None:
-    """Refuse a bad config before any work, naming the fix."""
-    unknown = [t for t in config.tasks if t not in TASKS]
-    if not config.tasks or unknown:
-        raise DataError(f"tasks must be names from {', '.join(TASKS)}; got {config.tasks!r}")
-    if config.n_stories < max(3, len(config.tasks)):
-        raise DataError("n_stories must be at least 3 and at least one per task")
-    if not 1 <= config.n_examples <= config.n_stories:
-        raise DataError("n_examples must lie between 1 and n_stories")
-    if not 0 <= config.example < config.n_examples:
-        raise DataError(f"example must lie in 0..{config.n_examples - 1} (n_examples - 1)")
-    if config.slot_map not in (*MAP_METHODS, "none"):
-        raise DataError(f"unknown slot_map {config.slot_map!r}; choose umap, pca or none")
-    if config.max_map_points < 10 or config.batch_size < 1:
-        raise DataError("max_map_points must be >= 10 and batch_size >= 1")
+def check(model: LoadedModel, config: Config) -> None:
+    """The model is a PMI-Transformer that reads the stories; the control is a pmi model."""
+    check_story_reader(model, role="model")
+    if config.control:
+        family = peek_family(config.control)  # a missing control fails here, with advice
+        if family != "pmi":
+            raise FamilyError(
+                f"control {config.control} is a {family} model; it must be a pmi model"
+            )
 
 
-def check_model(model: LoadedModel, role: str = "model") -> None:
-    """The model must be a PMI-family story reader whose words and answers are the stories'."""
-    cfg = getattr(model.model, "config", None)
-    if getattr(cfg, "architecture", None) is None:
+def check_story_reader(model: LoadedModel, role: Literal["model", "control"]) -> None:
+    """The model must be a PMI-family story reader whose words and answers are the stories'.
+
+    ``role`` is ``model`` (the PMI-Transformer inspected) or ``control`` (any architecture).
+    """
+    architecture = getattr(model.config, "architecture", None)
+    if architecture is None:
         raise FamilyError(f"{model.spec} is not a workbench pmi model (no PMIConfig)")
-    if role == "model" and cfg.architecture != "pmi":
+    if role == "model" and architecture != "pmi":
         raise FamilyError(
             f"{model.spec} is the Transformer control: it has no memory to inspect. Run the "
             "probe on a PMI-Transformer (zoo:pmi-stories) and pass the control as "
@@ -93,10 +89,11 @@ def check_model(model: LoadedModel, role: str = "model") -> None:
             f"{model.spec}'s vocabulary lacks story words {missing[:5]}; it was not trained on "
             "workbench.data.stories"
         )
-    if list(cfg.answer_labels) != list(ANSWERS):
+    labels = list(model.head_labels or ())
+    if labels != list(ANSWERS):
         raise DataError(
-            f"{model.spec} answers {list(cfg.answer_labels)[:4]}...; the stories need the answer "
-            f"classes {list(ANSWERS)}"
+            f"{model.spec} answers {labels[:4]}...; the stories need the answer classes "
+            f"{list(ANSWERS)}"
         )
 
 
@@ -104,26 +101,21 @@ def load_control(spec: str) -> LoadedModel:
     control = load_model(spec)
     if control.family != "pmi":
         raise FamilyError(f"control {spec} is a {control.family} model; it must be a pmi model")
-    check_model(control, role="control")
+    check_story_reader(control, role="control")
     return control
 
 
-def run(
-    model: LoadedModel, config: Config | None = None, stories: list[Story] | None = None
-) -> ProbeResult:
+@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
+def run(model: LoadedModel, config: Config, data: list[Story] | None) -> Findings:
     """How does the PMI-Transformer write, consolidate and read while answering stories?"""
-    started = time.time()
-    config = config or Config()
-    check_family(model, FAMILIES, NAME)
-    validate(config)
-    check_model(model)
     control = load_control(config.control) if config.control else None
+    stories = data
     if stories is None:
         stories = make_stories(config.n_stories, seed=config.seed, tasks=config.tasks)
     if len(stories) < config.n_examples:
         raise DataError(f"{len(stories)} stories for {config.n_examples} examples")
     batch = _encode(model, stories)
-    cfg = model.model.config
+    cfg = model.config
     n_steps = cfg.n_steps
 
     sites = ["logits", "memory.wm_init", "memory.ltm_init"]
@@ -139,6 +131,7 @@ def run(
     accuracy = compute.accuracy_by_task(pred, truth, tasks)
     metrics: dict[str, Any] = {"accuracy": accuracy["all"]}
     arrays: dict[str, np.ndarray] = {}
+    provenance: dict[str, Any] = {}
     if control is not None:
         control_pred = predict(control, _encode(control, stories), config.batch_size)
         control_acc = compute.accuracy_by_task(control_pred, truth, tasks)
@@ -166,16 +159,17 @@ def run(
             [control_acc[t] for t in arrays["task_names"]]
         )
         metrics["control_accuracy_by_task"] = {t: round(control_acc[t], 4) for t in task_names}
-        metrics["control_spec"] = control.spec
+        provenance["control_spec"] = control.spec
         del control
 
     if config.ablations:
         names, values = [], []
-        for label, site in tqdm(ABLATIONS.items(), desc="ablations", leave=False):
+        for label, (site, key) in tqdm(ABLATIONS.items(), desc="ablations", leave=False):
             zeroed = {f"steps.{t}.{site}": torch.zeros_like for t in range(n_steps)}
             with hooks(model, zeroed):
                 values.append(float((predict(model, batch, config.batch_size) == truth).mean()))
             names.append(label)
+            metrics[key] = round(values[-1], 4)
         arrays["ablation_names"] = np.array(["none", *names])
         arrays["ablation_accuracy"] = np.array([accuracy["all"], *values])
         metrics["ablation_accuracy"] = dict(zip(names, (round(v, 4) for v in values), strict=True))
@@ -196,19 +190,7 @@ def run(
     metrics["headline"] = ["accuracy", "control_accuracy", "chance_majority", "chance_uniform"]
     if "control_accuracy" not in metrics:
         metrics["headline"].remove("control_accuracy")
-
-    result = ProbeResult(
-        probe=NAME,
-        metrics=metrics,
-        arrays=arrays,
-        figures={},
-        provenance=run_provenance(NAME, model, config, started),
-        summary=_summary(model.spec, metrics),
-    )
-    from probes.pmi.plots import figures
-
-    result.figures = figures(result)
-    return result
+    return Findings(metrics, arrays, _summary(model.spec, metrics), provenance)
 
 
 def _encode(model: LoadedModel, stories: list[Story]) -> dict[str, torch.Tensor]:
@@ -333,7 +315,7 @@ def _example_arrays(
     f_max = max(len(s.facts) for s in stories) + 1
     n = per_story[0]["write"].shape[1]
     d = per_story[0]["wm"].shape[-1]
-    out = {
+    out: dict[str, np.ndarray] = {
         "ex_write_pre": np.zeros((k, n_steps, n, t_max), np.float32),
         "ex_write": np.zeros((k, n_steps, n, t_max), np.float32),
         "ex_read_wm": np.zeros((k, n_steps, t_max, n), np.float32),
@@ -417,10 +399,11 @@ def _slot_map(
 
 def _summary_metrics(arrays: dict[str, np.ndarray], config: Config) -> dict[str, Any]:
     roles = list(compute.ROLES)
+    wm_share = float(arrays["read_share_by_role"][-1, roles.index("question")])
     out: dict[str, Any] = {
-        "wm_read_share_question_last_step": round(
-            float(arrays["read_share_by_role"][-1, roles.index("question")]), 4
-        ),
+        "wm_read_share_question_last_step": round(wm_share, 4),
+        # the rest of the question's read comes from long-term memory through the correction
+        "ltm_read_share_question_last_step": round(1 - wm_share, 4),
         "write_share_content_words": [
             round(float(arrays["write_by_role"][t, [0, 1, 2]].sum()), 4)
             for t in range(arrays["write_by_role"].shape[0])

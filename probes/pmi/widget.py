@@ -52,7 +52,7 @@ class PMIExplorer(widgets.VBox):
         self.info = widgets.HTML(value="<i>hover a token to see who wrote it and who answered</i>")
         self.heatmap = FigureView()
         self.strip = FigureView()
-        self.tokens = TokenPicker([], on_hover=self.hover_token, on_select=self.hover_token)
+        self.tokens = TokenPicker([], on_hover=self._show_token, on_select=self._show_token)
         self.hovered: int | None = None
         for control in (self.story, self.step, self.slot, self.phase):
             control.observe(lambda _change: self.redraw(), names="value")
@@ -114,6 +114,9 @@ class PMIExplorer(widgets.VBox):
                 for k in np.argsort(-correction)[: self.top]
             ],
         }
+
+    def _show_token(self, position: int) -> None:
+        self.hover_token(position)
 
     def hover_token(self, position: int) -> str:
         """Show token ``position``'s description in the info panel (what a hover does)."""

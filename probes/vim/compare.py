@@ -7,7 +7,6 @@ class tokens' maps can be laid side by side and scored against the same object m
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from probes.vim import compute
 from workbench.capture import capture
@@ -35,11 +34,7 @@ def scene_label_accuracy(
     model: LoadedModel, images: np.ndarray, present: np.ndarray
 ) -> float | None:
     """Share of (scene, shape) pairs a scene-shape classifier gets right, or None for others."""
-    labels = getattr(model.model.config, "id2label", None) or {}
-    names = [labels.get(k, labels.get(str(k))) for k in range(len(labels))]
-    if names != list(SHAPES):
+    if list(model.head_labels or ()) != list(SHAPES):
         return None
-    batch = model.encode_images(images)
-    with torch.no_grad():
-        logits = model.model(**batch).logits.float()
+    logits = model(**model.encode_images(images)).logits.float()
     return float(((logits > 0).numpy() == present).mean())

@@ -3,7 +3,6 @@ looks, and how the two scan directions share the work."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -13,13 +12,13 @@ from tqdm.auto import tqdm
 
 from probes.vim import compute
 from probes.vim.config import Config
+from probes.vim.plots import figures
 from workbench.capture import hooks
 from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
 from workbench.errors import DataError
 from workbench.models import LoadedModel, load_model, peek_family
-from workbench.models.vim import DIRECTIONS, VisionMamba, flush_denormals, selective_scan
-from workbench.probe import check_family
-from workbench.results import ProbeResult, run_provenance
+from workbench.models.vim import DIRECTIONS, flush_denormals, selective_scan
+from workbench.probe import Findings, run_frame
 
 NAME = "vim"
 FAMILIES = ("vim",)
@@ -34,15 +33,9 @@ def rollout_start(config: Config, n_layers: int) -> int:
     return config.rollout_start
 
 
-def validate(model: LoadedModel, config: Config) -> None:
-    """Refuse a bad config before any work, naming the fix."""
-    if config.n_images < 1:
-        raise DataError("n_images must be at least 1")
-    if not 1 <= config.n_maps <= config.n_images:
-        raise DataError(f"n_maps must lie in 1..n_images ({config.n_images}); got {config.n_maps}")
-    if config.batch_size < 1:
-        raise DataError("batch_size must be at least 1")
-    if not (config.rollout_start == -1 or 0 <= config.rollout_start < model.n_layers):
+def check(model: LoadedModel, config: Config) -> None:
+    """Refuse settings this model cannot serve before any work, naming the fix."""
+    if config.rollout_start >= model.n_layers:
         raise DataError(
             f"rollout_start must be -1 (automatic) or a layer in 0..{model.n_layers - 1}; "
             f"got {config.rollout_start}"
@@ -61,14 +54,26 @@ def target_index(model: LoadedModel, target: str) -> int | None:
     """The class index that attribution explains, or None for each image's top logit."""
     if target == "predicted":
         return None
-    vim: VisionMamba = model.model
-    names = {v: int(k) for k, v in vim.config.id2label.items()}
+    labels = model.head_labels or ()
+    names = {name: k for k, name in enumerate(labels)}
     if target in names:
         return names[target]
-    if target.lstrip("-").isdigit() and 0 <= int(target) < vim.config.num_classes:
+    if target.lstrip("-").isdigit() and 0 <= int(target) < len(labels):
         return int(target)
-    known = ", ".join(sorted(names)) or f"indices 0..{vim.config.num_classes - 1}"
-    raise DataError(f"target {target!r} is not 'predicted' nor a class of {model.spec} ({known})")
+    known = ", ".join(sorted(names)[:12]) + (", ..." if len(names) > 12 else "")
+    raise DataError(
+        f"target {target!r} is not 'predicted' nor a class of {model.spec} ({known}; or an "
+        f"index 0..{len(labels) - 1})"
+    )
+
+
+def state_matrix(model: LoadedModel, layer: int, direction: str) -> torch.Tensor:
+    """A = −exp(A_log) of one layer's scan direction, (E, N), computed as ``VisionMamba.A`` does:
+    float32 (float64 in a float64 model)."""
+    a_log = model.weight(f"blocks.{layer}.ssm.{direction}.A_log").detach()
+    if a_log.dtype not in (torch.float32, torch.float64):
+        a_log = a_log.float()
+    return -torch.exp(a_log)
 
 
 @dataclass
@@ -86,18 +91,13 @@ class _Accumulator:
     attention_maps: dict = field(default_factory=dict)
 
 
-def run(
-    model: LoadedModel, config: Config | None = None, scenes: Scenes | None = None
-) -> ProbeResult:
-    """Inspect the hidden states of a Vision Mamba on synthetic scenes (or ``scenes``)."""
-    started = time.time()
-    config = config or Config()
-    check_family(model, FAMILIES, NAME)
-    validate(model, config)
-    vim: VisionMamba = model.model
-    grid = vim.config.grid_size
+@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
+def run(model: LoadedModel, config: Config, data: Scenes | None) -> Findings:
+    """Inspect the hidden states of a Vision Mamba on synthetic scenes (or ``data``)."""
+    grid, image_size = model.config.grid_size, model.config.image_size
+    scenes = data
     if scenes is None:
-        scenes = make_scenes(config.n_images, size=model.image_size, seed=config.seed)
+        scenes = make_scenes(config.n_images, size=image_size, seed=config.seed)
     elif len(scenes) < config.n_images:
         raise DataError(f"{len(scenes)} scenes given but n_images is {config.n_images}")
     images = scenes.images[: config.n_images]
@@ -110,12 +110,12 @@ def run(
         change = _ablation(model, images, logits, config) if config.ablation else None
 
     arrays, metrics = _summarise(model, acc, grads, change, start, config)
-    display, objects = _display_images(scenes, config.n_maps, grid, model.image_size)
+    display, objects = _display_images(scenes, config.n_maps, grid, image_size)
     arrays["images"], arrays["object_patches"] = display, objects
     metrics |= _object_metrics(arrays, objects)
-    metrics |= _label_metrics(vim, scenes, logits, config.n_images)
+    metrics |= _label_metrics(model, scenes, logits, config.n_images)
     if config.compare_with:
-        comparison = _compare(config, scenes, model.image_size, objects)
+        comparison = _compare(config, scenes, image_size, objects)
         arrays |= comparison.pop("arrays")
         metrics |= comparison
     metrics["rollout_start"] = start
@@ -133,18 +133,7 @@ def run(
         )
         if k in metrics
     ]
-    result = ProbeResult(
-        probe=NAME,
-        metrics=metrics,
-        arrays=arrays,
-        figures={},
-        provenance=run_provenance(NAME, model, config, started),
-        summary=_summary(model, metrics),
-    )
-    from probes.vim.plots import figures
-
-    result.figures = figures(result)
-    return result
+    return Findings(metrics, arrays, _summary(model, metrics))
 
 
 # -- statistics over the scenes ----------------------------------------------------------------
@@ -155,8 +144,7 @@ def _statistics(
 
     Returns the accumulated sums and the model's logits for every image.
     """
-    vim: VisionMamba = model.model
-    L = vim.config.n_patches + 1
+    L = model.n_patches + 1
     acc = _Accumulator(model.n_layers, L, config.n_maps)
     logits = []
     bar = tqdm(total=len(images), desc="vim states", unit="image")
@@ -190,7 +178,8 @@ def _reduce_layer(
     model: LoadedModel, layer: int, seen: dict[str, torch.Tensor], acc: _Accumulator, first: int
 ):
     """A hook on the mixer output: layer ``layer`` has run, so reduce its captured tensors."""
-    mixer = model.model.layers[layer].mixer
+    out_proj = model.weight(f"blocks.{layer}.mixer.W_out").detach().float()
+    divide_out = bool(model.config.divide_out)
 
     def fn(_value: torch.Tensor) -> None:
         parts = {d: {p: seen.pop(f"{layer}.{d}.{p}") for p in SCAN_PARTS} for d in DIRECTIONS}
@@ -202,7 +191,7 @@ def _reduce_layer(
             x, delta, B, C = (
                 p[k].flip(1) if d == "bwd" else p[k] for k in ("x", "delta", "B", "C")
             )
-            A = mixer.A(d)
+            A = state_matrix(model, layer, d)
             acc.delta_sum[(layer, d)] = acc.delta_sum[(layer, d)] + delta.float().sum((0, 1))
             _, states = selective_scan(x, delta, A, B, C, return_states=True)
             norms = compute.state_norms(states)
@@ -222,8 +211,8 @@ def _reduce_layer(
             parts["fwd"]["y"].float(),
             parts["bwd"]["y"].float(),
             gate,
-            mixer.out_proj.weight.detach().float(),
-            mixer.divide_out,
+            out_proj,
+            divide_out,
         )
         share = compute.forward_share(forward, backward)
         acc.share_sum[layer] = acc.share_sum[layer] + share.sum(0)
@@ -249,7 +238,7 @@ def _residual_gradients(model: LoadedModel, pixels: torch.Tensor, config: Config
     fixed = target_index(model, config.target)
     with torch.enable_grad(), hooks(model, names):
         x = pixels.clone().requires_grad_(True)
-        logits = model.model(pixel_values=x).logits.float()
+        logits = model.forward({"pixel_values": x}, grad=True).logits.float()
         index = logits.argmax(-1) if fixed is None else torch.full_like(logits[:, 0], fixed).long()
         target = logits.gather(1, index[:, None]).sum()
         grads = torch.autograd.grad(target, [stored[i] for i in range(model.n_layers)])
@@ -307,16 +296,13 @@ def _summarise(
     start: int,
     config: Config,
 ) -> tuple[dict[str, np.ndarray], dict]:
-    vim: VisionMamba = model.model
-    n_layers, L, cls = model.n_layers, acc.length, vim.cls_index
+    n_layers, L, cls = model.n_layers, acc.length, int(model.config.cls_index)
     dirs = range(len(DIRECTIONS))
     n = acc.images_seen
     mean_delta = np.stack(
         [[np.asarray(acc.delta_sum[(i, d)]) / (n * L) for d in DIRECTIONS] for i in range(n_layers)]
     )
-    A = np.stack(
-        [[vim.layers[i].mixer.A(d).detach().numpy() for d in DIRECTIONS] for i in range(n_layers)]
-    )
+    A = np.stack([[state_matrix(model, i, d).numpy() for d in DIRECTIONS] for i in range(n_layers)])
     memory = np.stack(
         [[compute.memory_lengths(mean_delta[i, k], A[i, k]) for k in dirs] for i in range(n_layers)]
     )  # (layers, 2, E, N)
@@ -349,6 +335,7 @@ def _summarise(
         "state_norm_maps": norm_maps.astype(np.float32),
         "forward_share_by_position": share_by_position.astype(np.float32),
         "forward_share": share_by_position.mean(axis=1).astype(np.float32),
+        "layer_names": np.array([f"layer {i}" for i in range(n_layers)]),
         "attention": attention.astype(np.float32),
         "lookback_tokens": lookback.astype(np.float32),
         "raw_layer_rows": raw_rows.astype(np.float32),
@@ -413,9 +400,10 @@ def _display_images(
         from PIL import Image
 
         images = np.stack([np.asarray(Image.fromarray(im).resize((size, size))) for im in images])
+        nearest = Image.Resampling.NEAREST
         classes = np.stack(
             [
-                np.asarray(Image.fromarray(c.astype(np.uint8)).resize((size, size), Image.NEAREST))
+                np.asarray(Image.fromarray(c.astype(np.uint8)).resize((size, size), nearest))
                 for c in classes
             ]
         )
@@ -437,10 +425,10 @@ def _object_metrics(arrays: dict[str, np.ndarray], objects: np.ndarray) -> dict:
     return out
 
 
-def _label_metrics(vim: VisionMamba, scenes: Scenes, logits: torch.Tensor, n: int) -> dict:
+def _label_metrics(model: LoadedModel, scenes: Scenes, logits: torch.Tensor, n: int) -> dict:
     """Accuracy on the scenes when the model's classes are the scene shapes (the zoo model)."""
-    names = [vim.config.id2label.get(str(k)) for k in range(vim.config.num_classes)]
-    if names != list(SHAPES) or vim.config.problem_type != "multi_label_classification":
+    names = list(model.head_labels or ())
+    if names != list(SHAPES) or model.config.problem_type != "multi_label_classification":
         return {}
     truth = scenes.present()[:n]
     pred = (logits > 0).numpy()

@@ -163,5 +163,8 @@ class VimExplorer(widgets.VBox):
 
     def trajectory_values(self) -> np.ndarray:
         """The plotted state norms of the selected token, (2, layers) (for tests)."""
-        data = self.trajectory.figure.data
+        figure = self.trajectory.figure
+        if figure is None:
+            raise ValueError("no token is selected yet: pick a patch first")
+        data = figure.data
         return np.array([data[0].y, data[2].y], dtype=float)
