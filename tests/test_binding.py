@@ -8,9 +8,10 @@ import torch
 
 from probes import binding
 from probes.binding import compute
+from probes.binding import probe as binding_probe
 from probes.binding.widget import BindingExplorer
 from workbench.data.scenes import make_binding_scenes, patch_labels
-from workbench.errors import DataError, FamilyError
+from workbench.errors import ConfigError, DataError, FamilyError
 from workbench.models import load_model
 from workbench.threads import torch_threads
 
@@ -266,6 +267,25 @@ def test_run_measures_every_control_on_the_same_pairs(small_result, scratch_vit6
     assert all(not mod._forward_hooks for mod in scratch_vit64.model.modules())
 
 
+def test_comparable_metrics_are_the_headline_probes_numbers(small_result):
+    a, m = small_result.arrays, small_result.metrics
+    for metric in binding.METRICS:
+        if metric.over:
+            assert len(a[metric.key]) == len(a[metric.over]) == len(a["layer_index"])
+        else:
+            assert 0.0 <= m[metric.key] <= 1.0, metric.key
+    rows = np.nonzero((a["job_source"] == "model") & (a["job_probe"] == m["headline_probe"]))[0]
+    rows = rows[np.argsort(a["job_layer"][rows])]
+    assert a["job_layer"][rows].tolist() == a["layer_index"].tolist()
+    test_accuracy = a["test_distance_matched_balanced_accuracy"]
+    assert np.array_equal(a["headline_probe_by_layer"], test_accuracy[rows])
+    best = rows[a["job_is_best"][rows]]
+    assert m["headline_probe_accuracy"] == test_accuracy[best[0]]
+    assert m["headline_probe_accuracy"] == pytest.approx(
+        m["headline_probe_result"]["distance_matched_balanced_accuracy"], abs=5e-5
+    )
+
+
 def test_widget_controls_and_clicks_change_the_overlay(small_result):
     explorer = BindingExplorer(small_result)
     first = explorer.picker.overlay_scores().copy()
@@ -293,12 +313,12 @@ def test_bad_input_fails_before_work(scratch_vit64, scratch_models):
     text = load_model(scratch_models["bert"])
     with pytest.raises(FamilyError, match="accepts vit"):
         binding.run(text)
-    with pytest.raises(DataError, match="unknown probe"):
-        binding.run(scratch_vit64, binding.Config(probes=("quadratic", "magic")))
+    with pytest.raises(ConfigError, match="probes\\[1\\] must be one of"):
+        binding.Config(probes=("quadratic", "magic"))
     with pytest.raises(DataError, match="layers"):
         binding.run(scratch_vit64, binding.Config(layers=(7,)))
-    with pytest.raises(DataError, match="data_path"):
-        binding.run(scratch_vit64, binding.Config(dataset="ade20k"))
+    with pytest.raises(ConfigError, match="data_path"):
+        binding.Config(dataset="ade20k")
     wrong = make_binding_scenes(12, size=32, seed=0)
     with pytest.raises(DataError, match="64x64"):
         binding.run(scratch_vit64, binding.Config(n_images=12), data=wrong)
@@ -308,3 +328,49 @@ def test_bad_input_fails_before_work(scratch_vit64, scratch_models):
     broken = dataclasses.replace(scenes, instance_ids=scenes.instance_ids[:, :32])
     with pytest.raises(DataError, match="pixel for pixel"):
         binding.run(scratch_vit64, binding.Config(n_images=12), data=broken)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"n_images": 10**8}, "n_images must lie in"),
+        ({"n_images": 5}, "n_images must lie in"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "sum to at most 0.8"),
+        ({"test_fraction": float("nan")}, "test_fraction must be a finite number"),
+        ({"background": "ignore"}, "background must be one of"),
+        ({"headline_probe": "cosine"}, "headline_probe must be one of"),
+        ({"probes": ("linear", "cosine")}, "headline_probe 'quadratic' must be one of the probes"),
+        ({"control_probes": ("attention",)}, "drop it from control_probes"),
+        ({"controls": ("pixels", "noise")}, "controls\\[1\\] must be one of"),
+        ({"ranks": (1, 10**9)}, "ranks\\[1\\] must lie in"),
+        ({"rank": 0}, "rank must lie in"),
+        ({"min_patch_fraction": 1.5}, "min_patch_fraction must lie in"),
+        ({"layers": (-1,)}, "layers\\[0\\] must be at least 0"),
+        ({"bootstrap": -1}, "bootstrap must lie in"),
+        ({"threads": 0}, "threads must lie in"),
+        ({"dataset": "coco", "data_path": "images"}, "needs annotations"),
+    ],
+)
+def test_bad_settings_fail_when_the_config_is_built(params, message):
+    with pytest.raises(ConfigError, match=message):
+        binding.Config(**params)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"layers": (7,)}, "out of range"),
+        ({"ablation_layer": 2}, "ablation_layer must be below 2"),
+        ({"layers": (0,), "ablation_layer": 1}, "ablation_layer 1 is not among the probed layers"),
+    ],
+)
+def test_model_dependent_bad_settings_fail_before_any_data_or_fit(
+    scratch_vit64, monkeypatch, params, message
+):
+    def heavy(*args, **kwargs):
+        raise AssertionError("heavy work started before the model checks")
+
+    monkeypatch.setattr(binding_probe, "load_data", heavy)
+    monkeypatch.setattr(binding_probe, "fit_all", heavy)
+    with pytest.raises(DataError, match=message):
+        binding.run(scratch_vit64, binding.Config(**params))

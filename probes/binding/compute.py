@@ -70,8 +70,7 @@ def pixel_patches(
     images: np.ndarray, patch_size: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> np.ndarray:
     """Raw pixel patches (n, N, p*p*3), normalised as the model normalises its input."""
-    x = images.astype(np.float32) / 255.0
-    x = (x - np.array(mean, np.float32)) / np.array(std, np.float32)
+    x = (images.astype(np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
     n, h, w, c = x.shape
     p = patch_size
     blocks = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
@@ -179,12 +178,16 @@ class PairProbe(nn.Module):
             if self.kind == "diagonal":
                 return float(self.w @ (x * y) + self.bias)
             if self.kind in ("quadratic", "lowrank"):
-                return float(x @ self.symmetric_matrix() @ y + self.bias)
+                ws = self.symmetric_matrix()
+                assert ws is not None  # both kinds have one
+                return float(x @ ws @ y + self.bias)
             if self.kind == "cosine":
                 cos = (x @ y) / (x.norm() * y.norm()).clamp_min(1e-12)
                 return float(self.scale * cos + self.bias)
             if self.kind == "dot":
                 return float(self.scale * (x @ y) / self.dim + self.bias)
+            if attention is None:
+                raise DataError("the attention probe needs the next layer's attention score")
             return float(self.scale * attention + self.bias)
 
 
@@ -282,7 +285,10 @@ def fit_probe(
             part.backward()
             value += part.item()
         if penalised:
-            penalty = settings.l2 * sum((p**2).sum() for p in penalised)
+            squares = torch.zeros(())
+            for p in penalised:
+                squares = squares + (p**2).sum()
+            penalty = settings.l2 * squares
             penalty.backward()
             value += penalty.item()
         return torch.tensor(value)

@@ -1,28 +1,38 @@
-"""Binding settings; every field can be set from a preset or ``--param k=v``."""
+"""Binding settings and comparable metrics; every field can be set from a preset or ``--param``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from workbench.probe import Metric, ProbeConfig, at_least, between, require
+
+ProbeKind = Literal["linear", "diagonal", "quadratic", "lowrank", "cosine", "dot", "attention"]
+"""The probe family of ``compute.PROBES``."""
+
+MAX_IMAGES = 100_000
+MAX_RANK = 4096
+"""Above any model's width: a larger rank is a typo, refused before an allocation of that size."""
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "scenes"
+class Config(ProbeConfig):
+    dataset: Literal["scenes", "ade20k", "coco"] = "scenes"
     """``scenes`` (synthetic binding scenes at the model's resolution, from
     ``workbench.data.scenes.make_binding_scenes``), ``ade20k`` or ``coco`` (files on disk)."""
     data_path: str = ""
     """ADE20K: the dataset's root folder. COCO: the folder holding the images."""
     annotations: str = ""
     """COCO: the ``instances_*.json`` file."""
-    split: str = "validation"
-    """ADE20K split: ``training`` or ``validation``."""
+    split: Literal["training", "validation"] = "validation"
+    """ADE20K split."""
     n_images: int = 160
     """Images used in all; they are split by image into train / validation / test."""
     val_fraction: float = 0.2
     """Images for choosing each probe's best layer (never used to fit or to report)."""
     test_fraction: float = 0.25
     """Images every reported number comes from."""
-    background: str = "exclude"
+    background: Literal["exclude", "as_object"] = "exclude"
     """``exclude``: pairs with a background patch are left out (the question is about objects).
     ``as_object``: background counts as one more object (the reference code's convention). The
     other convention is also measured once, for the headline probe at its best layer."""
@@ -32,7 +42,7 @@ class Config:
     layers: tuple[int, ...] = ()
     """Layers to probe (0 = the patch-embedding output, k = block k-1's output); empty = all.
     Layer 0 is always included: it is a control."""
-    probes: tuple[str, ...] = (
+    probes: tuple[ProbeKind, ...] = (
         "linear",
         "diagonal",
         "quadratic",
@@ -43,12 +53,17 @@ class Config:
     )
     """Probe types run on the model: linear, diagonal, quadratic, lowrank (trained); cosine, dot,
     attention (untrained baselines: only a scale and a threshold are fitted)."""
-    headline_probe: str = "quadratic"
-    """The probe of the headline figure, the ablation and the attention correlation."""
-    controls: tuple[str, ...] = ("pixels", "positions", "random_init")
+    headline_probe: Literal["quadratic", "lowrank", "diagonal"] = "quadratic"
+    """The probe of the headline figure, the ablation and the attention correlation (it needs a
+    bilinear matrix W_s)."""
+    controls: tuple[Literal["pixels", "positions", "random_init"], ...] = (
+        "pixels",
+        "positions",
+        "random_init",
+    )
     """Controls measured on the same pairs: raw pixel patches, one-hot patch positions, and the
     same architecture with random weights (layer 0 of the model is the patch-embedding control)."""
-    control_probes: tuple[str, ...] = ("quadratic", "cosine")
+    control_probes: tuple[ProbeKind, ...] = ("quadratic", "cosine")
     """Probe types run on the controls."""
     rank: int = 8
     """Rank of the low-rank quadratic probe."""
@@ -80,4 +95,70 @@ class Config:
     threads: int = 1
     """Torch threads for the run (restored afterwards). The many small matrix products of probe
     fitting are fastest on one thread; raise it for large models on an idle machine."""
-    seed: int = 0
+
+    def check(self) -> None:
+        require(
+            self.dataset == "scenes" or bool(self.data_path),
+            f"dataset={self.dataset} needs data_path=<folder on disk>",
+        )
+        require(
+            self.dataset != "coco" or bool(self.annotations),
+            "dataset=coco needs annotations=<instances_*.json>",
+        )
+        between(self, 10, MAX_IMAGES, "n_images")
+        require(
+            self.val_fraction > 0
+            and self.test_fraction > 0
+            and self.val_fraction + self.test_fraction <= 0.8,
+            "val_fraction and test_fraction must be in (0, 1) and sum to at most 0.8",
+        )
+        between(self, 0.0, 1.0, "min_patch_fraction")
+        at_least(self, 0, "layers")
+        require(bool(self.probes), "probes must name at least one probe type")
+        require(
+            self.headline_probe in self.probes,
+            f"headline_probe {self.headline_probe!r} must be one of the probes",
+        )
+        require(
+            "attention" not in self.control_probes,
+            "the attention probe needs a model; drop it from control_probes",
+        )
+        between(self, 1, MAX_RANK, "rank", "ranks", "ablation_rank")
+        between(self, 0.0, 1e6, "l2")
+        between(self, 1, 10_000, "max_iter")
+        between(self, 0.0, 10_000.0, "far_distance")
+        at_least(self, -1, "ablation_layer")
+        between(self, 1, 100, "ablation_random")
+        between(self, 1, 1000, "n_show")
+        between(self, 0, 100_000, "bootstrap")
+        between(self, 1, MAX_IMAGES, "batch_size")
+        between(self, 1, 1024, "threads")
+
+
+METRICS = (
+    Metric(
+        "distance_matched_balanced_accuracy",
+        "distance-matched balanced accuracy (best probe and layer, test images)",
+        percent=True,
+    ),
+    Metric(
+        "headline_probe_accuracy",
+        "headline probe at its best layer, distance-matched (test images)",
+        percent=True,
+    ),
+    Metric("pixel_control", "pixel-patch control", better="neither", percent=True),
+    Metric("position_control", "positions-only control", better="neither", percent=True),
+    Metric("random_init_control", "random-init model control", better="neither", percent=True),
+    Metric(
+        "majority_baseline",
+        "always-different baseline (plain accuracy)",
+        better="neither",
+        percent=True,
+    ),
+    Metric(
+        "headline_probe_by_layer",
+        "headline probe's distance-matched accuracy by layer (test images)",
+        percent=True,
+        over="layer_names",
+    ),
+)

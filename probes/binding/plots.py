@@ -7,10 +7,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from probes.binding.compute import PROBE_LABELS
+from probes.binding.fit import HEADLINE
 from workbench.figures import COLORWAY, TEMPLATE, new_figure
 from workbench.results import ProbeResult
 
-HEADLINE = "distance_matched_balanced_accuracy"
 SOURCE_NAMES = {
     "model": "model",
     "random_init": "random-init model",
@@ -52,11 +52,20 @@ def best_index(result: ProbeResult, source: str, probe: str | None = None) -> in
     a = result.arrays
     rows = np.nonzero((a["job_source"] == source) & a["job_is_best"])[0]
     if probe is not None:
-        rows = [r for r in rows if a["job_probe"][r] == probe]
+        rows = rows[a["job_probe"][rows] == probe]
     if not len(rows):
         return None
     val = np.nan_to_num(a[f"val_{HEADLINE}"][rows], nan=-1.0)
     return int(rows[int(np.argmax(val))])
+
+
+def model_best_index(result: ProbeResult, probe: str) -> int:
+    """Row of the model's validation-chosen best layer for ``probe`` (it has one for every
+    probe type it ran)."""
+    row = best_index(result, "model", probe)
+    if row is None:
+        raise KeyError(f"no model result for the {probe} probe")
+    return row
 
 
 def layer_label(result: ProbeResult, row: int) -> str:
@@ -81,7 +90,7 @@ def _series(result: ProbeResult, source: str, probe: str, metric: str) -> tuple[
     a = result.arrays
     rows = np.nonzero((a["job_source"] == source) & (a["job_probe"] == probe))[0]
     rows = rows[np.argsort(a["job_layer"][rows])]
-    return [layer_label(result, r) for r in rows], a[f"test_{metric}"][rows]
+    return [layer_label(result, int(r)) for r in rows], a[f"test_{metric}"][rows]
 
 
 def _probe_for_random(result: ProbeResult) -> str | None:
@@ -215,7 +224,7 @@ def probe_types_figure(result: ProbeResult) -> go.Figure:
     """Every probe type at its best layer, with the controls' best as reference lines."""
     a = result.arrays
     probes = [p for p in PROBE_LABELS if p in set(a["job_probe"][a["job_source"] == "model"])]
-    rows = [best_index(result, "model", p) for p in probes]
+    rows = [model_best_index(result, p) for p in probes]
     values = [float(a[f"test_{HEADLINE}"][r]) for r in rows]
     aucs = [float(a["test_roc_auc"][r]) for r in rows]
     fig = new_figure(
@@ -366,7 +375,7 @@ def distance_figure(result: ProbeResult) -> go.Figure:
         ),
         secondary_y=True,
     )
-    rows = {"model": best_index(result, "model", result.metrics["headline_probe"])}
+    rows = {"model": model_best_index(result, result.metrics["headline_probe"])}
     rows.update(control_rows(result))
     rnd = best_index(result, "random_init")
     if rnd is not None:
@@ -409,7 +418,7 @@ def distance_figure(result: ProbeResult) -> go.Figure:
 def hard_pairs_figure(result: ProbeResult) -> go.Figure:
     """Accuracy on the pairs that separate binding from its confounds."""
     a = result.arrays
-    rows = {"model": best_index(result, "model", result.metrics["headline_probe"])}
+    rows = {"model": model_best_index(result, result.metrics["headline_probe"])}
     rnd = best_index(result, "random_init")
     if rnd is not None:
         rows["random_init"] = rnd
@@ -570,7 +579,7 @@ def examples_figure(result: ProbeResult, n_images: int = 4) -> go.Figure:
     controls."""
     a, m = result.arrays, result.metrics
     p = int(m["patch_size"])
-    rows = [("model", best_index(result, "model", m["headline_probe"]))]
+    rows = [("model", model_best_index(result, m["headline_probe"]))]
     rows += [(s, r) for s, r in control_rows(result).items()]
     k = min(n_images, a["show_images"].shape[0])
     titles = []
