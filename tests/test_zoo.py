@@ -1,4 +1,4 @@
-"""The zoo: registry errors, and the committed vit-scenes checkpoint is what its recipe says."""
+"""The zoo: registry errors, the committed vit-scenes checkpoint, and every recipe at toy size."""
 
 from __future__ import annotations
 
@@ -53,3 +53,53 @@ def test_vit_scenes_recognises_shapes_in_held_out_scenes():
     assert metrics["label_accuracy"] > metrics["chance_label_accuracy"] + 0.08
     assert metrics["macro_f1"] > 0.55
     assert np.isfinite(metrics["label_accuracy"])
+
+
+TOY_RECIPES = {
+    "vit-scenes": {"TRAIN_SIZE": 32, "EVAL_SIZE": 8, "EPOCHS": 1, "BATCH_SIZE": 16},
+    "vim-scenes": {"TRAIN_SIZE": 16, "EVAL_SIZE": 8, "BATCH_SIZE": 8, "STEPS": 2},
+    "gpt2-canaries": {
+        "EPOCHS": 1,
+        "BATCH_SIZE": 8,
+        "CORPUS_KWARGS": {
+            "n_background": 16,
+            "seq_len": 64,
+            "n_held_out": 8,
+            "per_group": 1,
+            "repetitions": (1, 2),
+            "n_unseen": 1,
+        },
+    },
+    "neox-recall": {"EVAL_PROMPTS": 4, "EVAL_LENGTHS": (16, 32)},
+    "pmi-stories": {"TRAIN_SIZE": 64, "EVAL_SIZE": 16, "STEPS": 2, "BATCH_SIZE": 8, "WARMUP": 1},
+    "pmi-stories-control": {"TRAIN_SIZE": 64, "EVAL_SIZE": 16, "STEPS": 2, "BATCH_SIZE": 8},
+}
+"""Module constants that shrink each trained recipe to a few steps (vit-binding-*: its own test)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TOY_RECIPES))
+def test_every_recipe_saves_a_loadable_model_with_its_recipe(name, tmp_path, monkeypatch):
+    import importlib
+
+    from workbench.models import load_model
+    from workbench.zoo.training import sha256_file
+
+    entry = ZOO[name]
+    module = importlib.import_module(entry.recipe)
+    for constant, value in TOY_RECIPES[name].items():
+        assert hasattr(module, constant), constant
+        monkeypatch.setattr(module, constant, value)
+    builder = getattr(module, entry.builder)
+    out = tmp_path / name
+    if name == "neox-recall":
+        metrics = builder(out, entry.seed, phases=((2, 32, 2),))
+    else:
+        metrics = builder(out, entry.seed)
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["metrics"] == metrics and np.isfinite(metrics["final_train_loss"])
+    assert (recipe["name"], recipe["recipe"], recipe["seed"]) == (name, entry.recipe, entry.seed)
+    assert recipe["model_sha256"] == sha256_file(out / "model.safetensors")
+    assert metrics["build_seconds"] >= 0 and metrics["build_cpu_seconds"] >= 0
+    assert load_model(out).family == entry.family
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary folder left

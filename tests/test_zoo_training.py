@@ -1,4 +1,4 @@
-"""The pieces every zoo recipe shares: augmentation, schedule, atomic save."""
+"""The pieces every zoo recipe shares: the run record, augmentation, schedule, atomic save."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from workbench.zoo.training import (
+    EVAL_SEED_OFFSET,
+    IMAGE_MEAN,
+    IMAGE_STD,
     MAX_CHECKPOINT_BYTES,
+    RecipeRun,
     adamw_warmup_cosine,
     flip_augment,
     save_atomically,
+    scene_fields,
+    sha256_file,
+    to_pixel_values,
     write_vit_folder,
 )
 
@@ -77,10 +84,58 @@ def test_vit_writer_reproduces_the_committed_preprocessor_config(tmp_path, name)
     from transformers import ViTForImageClassification
 
     from workbench.zoo import zoo_path
-    from workbench.zoo.vit_scenes import IMAGE_MEAN, IMAGE_STD
 
     committed = zoo_path(name)
     model = ViTForImageClassification.from_pretrained(committed)
     write_vit_folder(model, tmp_path, IMAGE_MEAN, IMAGE_STD)
     written = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert written == json.loads((committed / "preprocessor_config.json").read_text())
+
+
+def test_recipe_run_seeds_torch_and_records_the_recipe_with_its_build_metrics(tmp_path):
+    threads = torch.get_num_threads()
+    run = RecipeRun("tiny", "tests.recipe", seed=3, threads=1)
+    with run.training():
+        assert torch.get_num_threads() == 1
+        first = torch.rand(4)
+    assert torch.get_num_threads() == threads
+    with run.training():
+        assert torch.equal(torch.rand(4), first)  # the seed is set on every entry
+
+    out = tmp_path / "tiny"
+    metrics = run.save(
+        out, _write(10), metrics={"accuracy": 0.5}, train_loss=0.123456, fields={"steps": 2}
+    )
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["metrics"] == metrics
+    assert {k: recipe[k] for k in ("name", "recipe", "seed", "steps")} == {
+        "name": "tiny",
+        "recipe": "tests.recipe",
+        "seed": 3,
+        "steps": 2,
+    }
+    assert metrics["accuracy"] == 0.5 and metrics["final_train_loss"] == 0.1235
+    assert metrics["build_seconds"] >= 0 and metrics["build_cpu_seconds"] >= 0
+    assert recipe["model_sha256"] == sha256_file(out / "model.safetensors")
+
+
+def test_scene_fields_name_the_generator_that_rebuilds_the_scenes():
+    from workbench.data.scenes import make_binding_scenes
+
+    fields = scene_fields(make_binding_scenes, {"size": 64}, 7, 100, 20)
+    assert fields["scenes"].startswith("workbench.data.scenes.make_binding_scenes(")
+    assert (fields["train_seed"], fields["eval_seed"]) == (7, 7 + EVAL_SEED_OFFSET)
+    assert (fields["train_size"], fields["eval_size"]) == (100, 20)
+    assert fields["scene_kwargs"] == {"size": 64}
+
+
+def test_training_pixels_equal_what_the_saved_preprocessor_gives_at_load():
+    from transformers import AutoImageProcessor
+
+    from workbench.data.scenes import make_scenes
+    from workbench.zoo import zoo_path
+
+    images = make_scenes(3, size=64, seed=5).images
+    processor = AutoImageProcessor.from_pretrained(zoo_path("vit-scenes"))
+    loaded = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(to_pixel_values(images), loaded, atol=1e-6)

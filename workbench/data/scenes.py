@@ -10,6 +10,7 @@ bit-identical whatever ``n`` is, and two calls with the same arguments give iden
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -267,7 +268,8 @@ def make_binding_scenes(
     class_ids = np.zeros((n, size, size), dtype=np.int16)
     objects = []
     rows, cols = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    options = dict(
+    render = functools.partial(
+        _render_binding,
         n_objects=n_objects,
         radius=radius,
         bar_length=bar_length,
@@ -282,7 +284,7 @@ def make_binding_scenes(
     )
     for i in range(n):
         rng = np.random.default_rng([seed, i, _BINDING_STREAM])
-        image, inst, cls, objs = _render_binding(rng, size, rows, cols, **options)
+        image, inst, cls, objs = render(rng, size, rows, cols)
         images[i], instance_ids[i], class_ids[i] = image, inst, cls
         objects.append(objs)
     return Scenes(
@@ -325,11 +327,13 @@ def _render_binding(
             r = float(rng.uniform(*bar_length) * size / 2)
         else:
             r = float(rng.uniform(*radius) * size)
+        angle = float(rng.uniform(0.0, 2.0 * math.pi))
+        red, green, blue = (float(c) for c in _object_colour(rng, bg_mean))
         return _Look(
             class_id=class_id,
             radius=r,
-            angle=float(rng.uniform(0.0, 2.0 * math.pi)),
-            colour=tuple(float(c) for c in _object_colour(rng, bg_mean)),
+            angle=angle,
+            colour=(red, green, blue),
             texture=textures[int(rng.integers(len(textures)))],
             period=float(rng.uniform(3.0, 6.0)),
             theta=float(rng.uniform(0.0, math.pi)),

@@ -86,7 +86,9 @@ def prepare(
             )
     new_h, new_w = resized_shape(h, w, size)
     top, left = centre_crop_box(new_h, new_w, size)
-    resized = Image.fromarray(image.astype(np.uint8)).resize((new_w, new_h), Image.BICUBIC)
+    resized = Image.fromarray(image.astype(np.uint8)).resize(
+        (new_w, new_h), Image.Resampling.BICUBIC
+    )
     out_image = np.asarray(resized)[top : top + size, left : left + size]
     out_masks = [
         resize_nearest(m, new_h, new_w)[top : top + size, left : left + size] for m in masks

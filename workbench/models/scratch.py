@@ -7,6 +7,7 @@ control. Text models get a small word-level tokenizer so that they load like any
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,19 +61,23 @@ def save_random_model(
     """Write a random ``kind`` model (see ``SCRATCH_KINDS``) to ``folder`` and return it."""
     import transformers as tf
 
+    if kind not in SCRATCH_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(SCRATCH_KINDS)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     words = words or [f"w{i}" for i in range(250)]
     vocab_size = len(SPECIAL_TOKENS) + len(dict.fromkeys(words))
-    common = {
+    common: dict[str, Any] = {
         "hidden_size": d_model,
         "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
         "intermediate_size": 4 * d_model,
     }
-    vision = {"image_size": image_size, "patch_size": patch_size}
+    vision: dict[str, Any] = {"image_size": image_size, "patch_size": patch_size}
+    torch.manual_seed(seed)  # building a config draws no random numbers; the model's init does
+    model: tf.PreTrainedModel
     if kind == "gpt2":
-        config = tf.GPT2Config(
+        gpt2 = tf.GPT2Config(
             n_embd=d_model,
             n_layer=n_layers,
             n_head=n_heads,
@@ -81,18 +86,18 @@ def save_random_model(
             bos_token_id=5,
             eos_token_id=5,
         )
-        cls = tf.GPT2LMHeadModel
+        model = tf.GPT2LMHeadModel(gpt2)
     elif kind == "gpt_neox":
-        config = tf.GPTNeoXConfig(
+        neox = tf.GPTNeoXConfig(
             **common,
             vocab_size=vocab_size,
             max_position_embeddings=n_positions,
             bos_token_id=5,
             eos_token_id=5,
         )
-        cls = tf.GPTNeoXForCausalLM
+        model = tf.GPTNeoXForCausalLM(neox)
     elif kind == "llama":
-        config = tf.LlamaConfig(
+        llama = tf.LlamaConfig(
             **common,
             vocab_size=vocab_size,
             num_key_value_heads=n_heads,
@@ -101,27 +106,20 @@ def save_random_model(
             eos_token_id=5,
             pad_token_id=0,
         )
-        cls = tf.LlamaForCausalLM
+        model = tf.LlamaForCausalLM(llama)
     elif kind == "bert":
-        config = tf.BertConfig(**common, vocab_size=vocab_size, max_position_embeddings=n_positions)
-        cls = tf.BertModel
+        bert = tf.BertConfig(**common, vocab_size=vocab_size, max_position_embeddings=n_positions)
+        model = tf.BertModel(bert)
     elif kind == "vit":
-        config = tf.ViTConfig(**common, **vision)
-        cls = tf.ViTModel
+        model = tf.ViTModel(tf.ViTConfig(**common, **vision))
     elif kind == "dinov2":
-        config = tf.Dinov2Config(**common | {"mlp_ratio": 4}, **vision)
-        config.intermediate_size = None
-        cls = tf.Dinov2Model
+        dinov2 = tf.Dinov2Config(**common | {"mlp_ratio": 4}, **vision)
+        dinov2.intermediate_size = None
+        model = tf.Dinov2Model(dinov2)
     elif kind == "clip_vision":
-        config = tf.CLIPVisionConfig(**common, **vision)
-        cls = tf.CLIPVisionModel
-    elif kind == "vit_mae":
-        config = tf.ViTMAEConfig(**common, **vision)
-        cls = tf.ViTMAEModel
-    else:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(SCRATCH_KINDS)}")
-    torch.manual_seed(seed)
-    model = cls(config).eval()
+        model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**common, **vision))
+    else:  # vit_mae, the last of SCRATCH_KINDS
+        model = tf.ViTMAEModel(tf.ViTMAEConfig(**common, **vision))
     model.save_pretrained(folder)
     if kind in ("gpt2", "gpt_neox", "llama", "bert"):
         save_word_tokenizer(folder, words, bert_style=kind == "bert")

@@ -14,6 +14,7 @@ import traitlets
 from PIL import Image
 
 from workbench.errors import DataError
+from workbench.widgets.traits import optional_floats
 
 COLORSCALES = ("Inferno", "Viridis", "Turbo", "RdBu_r")
 
@@ -36,7 +37,7 @@ class PatchPicker(anywidget.AnyWidget):
     _esm = Path(__file__).parent / "js" / "patch_picker.js"
     image_src = traitlets.Unicode("").tag(sync=True)
     grid = traitlets.List(traitlets.Int(), default_value=[1, 1]).tag(sync=True)
-    scores = traitlets.List(traitlets.Float(), allow_none=True, default_value=None).tag(sync=True)
+    scores = optional_floats()
     zmin = traitlets.Float(0.0).tag(sync=True)
     zmax = traitlets.Float(1.0).tag(sync=True)
     colorscale = traitlets.Unicode("Inferno").tag(sync=True)

@@ -10,6 +10,7 @@ import numpy as np
 import traitlets
 
 from workbench.errors import DataError
+from workbench.widgets.traits import optional_floats
 
 
 class TokenPicker(anywidget.AnyWidget):
@@ -21,7 +22,7 @@ class TokenPicker(anywidget.AnyWidget):
 
     _esm = Path(__file__).parent / "js" / "token_picker.js"
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    weights = traitlets.List(traitlets.Float(), allow_none=True, default_value=None).tag(sync=True)
+    weights = optional_floats()
     selected = traitlets.Int(-1).tag(sync=True)
     hovered = traitlets.Int(-1).tag(sync=True)
 

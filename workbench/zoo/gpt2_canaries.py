@@ -10,18 +10,19 @@ Hugging Face causal LM. Training is seeded and deterministic.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from workbench.data.canaries import EOS, VOCABULARY, CanaryCorpus, make_canary_corpus
-from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import adamw_warmup_cosine, save_atomically
+from workbench.zoo.training import RecipeRun, adamw_warmup_cosine, optimizer_step
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config
 
 NAME = "gpt2-canaries"
 ENTRIES = (
@@ -48,7 +49,7 @@ WARMUP_FRACTION = 0.03
 MAX_THREADS = 1
 
 
-def gpt2_config(vocab_size: int, eos_id: int, pad_id: int) -> Any:
+def gpt2_config(vocab_size: int, eos_id: int, pad_id: int) -> GPT2Config:
     """The architecture: 4 layers, width 128, 4 heads, 64 positions, no dropout."""
     from transformers import GPT2Config
 
@@ -76,31 +77,21 @@ def build(out_dir: Path, seed: int) -> dict:
 
     from workbench.models.scratch import save_word_tokenizer
 
-    out_dir = Path(out_dir)
-    start = time.perf_counter()
-    with torch_threads(MAX_THREADS), tempfile.TemporaryDirectory() as tok_dir:
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
+    with run.training(), tempfile.TemporaryDirectory() as tok_dir:
         save_word_tokenizer(Path(tok_dir), list(VOCABULARY), bert_style=False)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         corpus = make_canary_corpus(seed=seed, **CORPUS_KWARGS)
         train_ids = encode(tokenizer, corpus.train_texts)
-        torch.manual_seed(seed)
         model = GPT2LMHeadModel(
-            gpt2_config(
-                len(tokenizer), tokenizer.convert_tokens_to_ids(EOS), tokenizer.pad_token_id
-            )
+            gpt2_config(len(tokenizer), tokenizer.get_vocab()[EOS], tokenizer.pad_token_id)
         )
         model.set_attn_implementation("eager")  # faster than sdpa at this size on CPU
         train_loss = _train(model, train_ids, seed)
         model = model.half().float().eval()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, tokenizer, corpus)
         model = model.half()
-        metrics["final_train_loss"] = round(train_loss, 4)
-        metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-        recipe = {
-            "name": NAME,
-            "recipe": __name__,
-            "seed": seed,
-            "metrics": metrics,
+        fields = {
             "corpus": "workbench.data.canaries.make_canary_corpus(seed=seed, **corpus_kwargs)",
             "corpus_kwargs": CORPUS_KWARGS,
             "canary_fraction_of_training_tokens": round(corpus.canary_fraction(), 4),
@@ -116,8 +107,7 @@ def build(out_dir: Path, seed: int) -> dict:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
 
-        save_atomically(out_dir, write, recipe)
-    return metrics
+        return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
 def encode(tokenizer: Any, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
@@ -151,11 +141,7 @@ def _train(model: torch.nn.Module, ids: torch.Tensor, seed: int) -> float:
         for b in range(steps_per_epoch):
             batch = ids[order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]]
             loss = model(input_ids=batch, labels=batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, schedule, model.parameters())
             losses.append(loss.item())
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)

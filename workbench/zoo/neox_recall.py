@@ -20,9 +20,8 @@ can be read by how often the model saw the copied word. The tokenizer is word le
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,9 +29,16 @@ from tqdm.auto import tqdm
 
 from workbench.data import recall
 from workbench.models.scratch import SPECIAL_TOKENS, save_word_tokenizer
-from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import adamw_warmup_cosine, save_atomically
+from workbench.zoo.training import (
+    EVAL_SEED_OFFSET,
+    RecipeRun,
+    adamw_warmup_cosine,
+    optimizer_step,
+)
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXConfig, PreTrainedModel
 
 NAME = "neox-recall"
 ENTRIES = (
@@ -66,7 +72,6 @@ repeat, an alternation) against 1 for the rest."""
 EPISODE_MIX = {"kv": 0.3, "passkey": 0.2, "repeat": 0.2, "alternate": 0.2, "filler": 0.1}
 EVAL_LENGTHS = (16, 32, 64, 128, 256)
 EVAL_PROMPTS = 100
-EVAL_SEED_OFFSET = 10_000
 MAX_THREADS = 1
 
 
@@ -136,7 +141,7 @@ def _distinct_pair(
     return words[i], words[j]
 
 
-def model_config(vocab_size: int) -> Any:
+def model_config(vocab_size: int) -> GPTNeoXConfig:
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
@@ -167,23 +172,16 @@ def build(
     """Train, evaluate recall on held-out prompts, save atomically; return the metrics."""
     from transformers import GPTNeoXForCausalLM
 
-    start = time.perf_counter()
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
     words, weights = vocabulary(seed)
     tokens = token_list(words)
     index = {t: i for i, t in enumerate(tokens)}
-    with torch_threads(MAX_THREADS):
-        torch.manual_seed(seed)
+    with run.training():
         model = GPTNeoXForCausalLM(model_config(len(tokens)))
-        counts, final_loss = _train(model, words, weights, index, seed, phases, on_step)
+        counts, train_loss = _train(model, words, weights, index, seed, phases, on_step)
         model = model.half().float()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, words, weights, index, seed + EVAL_SEED_OFFSET)
-    metrics["final_train_loss"] = round(final_loss, 4)
-    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-    recipe = {
-        "name": NAME,
-        "recipe": __name__,
-        "seed": seed,
-        "metrics": metrics,
+    fields = {
         "words": f"workbench.data.recall.pseudo_words({N_WORDS}, seed={seed}), in rank order",
         "zipf_exponent": ZIPF_EXPONENT,
         "episode_mix": EPISODE_MIX,
@@ -197,8 +195,11 @@ def build(
         "counts_file": COUNTS_FILE,
         "eval": f"{EVAL_PROMPTS} prompts per task and length, seed {seed + EVAL_SEED_OFFSET}",
     }
-    save_atomically(out_dir, lambda tmp: _write(model.half(), tokens, words, counts, tmp), recipe)
-    return metrics
+
+    def write(folder: Path) -> None:
+        _write(model.half(), tokens, words, counts, folder)
+
+    return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
 def _train(
@@ -226,9 +227,9 @@ def _train(
     for step, (length, n_windows) in enumerate(tqdm(plan, desc=f"train {NAME}", unit="step")):
         ids, wts = [], []
         for _ in range(n_windows):
-            window, w = training_window(rng, words, weights, length)
+            window, window_weights = training_window(rng, words, weights, length)
             ids.append([index[t] for t in window])
-            wts.append(w)
+            wts.append(window_weights)
         x = torch.tensor(ids)
         counts += np.bincount(x.flatten().numpy(), minlength=len(index))
         logits = model(input_ids=x, use_cache=False).logits[:, :-1]
@@ -237,11 +238,7 @@ def _train(
             logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
         )
         loss = (loss * w.reshape(-1)).sum() / w.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, optimizer, schedule, model.parameters())
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, model, losses[-1])
@@ -281,7 +278,7 @@ def evaluate(
 
 
 def _write(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokens: list[str],
     words: list[str],
     counts: np.ndarray,

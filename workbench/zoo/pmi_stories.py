@@ -11,7 +11,6 @@ training set is dropped, so the accuracy is on unseen stories.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,13 @@ from workbench.data.stories import (
 )
 from workbench.models.pmi import PMIConfig, build_model, save_model
 from workbench.models.scratch import SPECIAL_TOKENS
-from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
-from workbench.zoo.training import adamw_warmup_cosine, save_atomically
+from workbench.zoo.training import (
+    EVAL_SEED_OFFSET,
+    RecipeRun,
+    adamw_warmup_cosine,
+    optimizer_step,
+)
 
 NAME = "pmi-stories"
 CONTROL_NAME = "pmi-stories-control"
@@ -62,7 +65,6 @@ ENTRIES = (
 
 TRAIN_SIZE = 24_000
 EVAL_SIZE = 1_500
-EVAL_SEED_OFFSET = 10_000
 STEPS = 2_000
 BATCH_SIZE = 64
 LR = 2e-3
@@ -130,9 +132,8 @@ def held_out_stories(seed: int, train: list[Story] | None = None) -> list[Story]
 
 
 def _build(out_dir: Path, seed: int, architecture: str, name: str) -> dict:
-    start, cpu_start = time.perf_counter(), time.process_time()
-    with torch_threads(MAX_THREADS):
-        torch.manual_seed(seed)
+    run = RecipeRun(name, __name__, seed, threads=MAX_THREADS)
+    with run.training():
         train = make_stories(TRAIN_SIZE, seed=seed, **STORY_KWARGS)
         held = held_out_stories(seed, train)
         model = build_model(model_config(architecture))
@@ -140,15 +141,8 @@ def _build(out_dir: Path, seed: int, architecture: str, name: str) -> dict:
         model = model.half().float()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, held)
     metrics["chance_majority"] = round(majority_accuracy(train, held), 4)
-    metrics["final_train_loss"] = round(train_loss, 4)
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
-    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-    metrics["build_cpu_seconds"] = round(time.process_time() - cpu_start, 1)
-    recipe = {
-        "name": name,
-        "recipe": __name__,
-        "seed": seed,
-        "metrics": metrics,
+    fields = {
         "architecture": architecture,
         "train_size": TRAIN_SIZE,
         "train_seed": seed,
@@ -162,8 +156,11 @@ def _build(out_dir: Path, seed: int, architecture: str, name: str) -> dict:
         "optimizer": f"AdamW lr={LR} weight_decay={WEIGHT_DECAY}, {WARMUP} warm-up + cosine",
         "objective": "cross-entropy of the answer class from the last token",
     }
-    save_atomically(out_dir, lambda tmp: save_model(model, tmp, list(VOCABULARY)), recipe)
-    return metrics
+
+    def write(folder: Path) -> None:
+        save_model(model, folder, list(VOCABULARY))
+
+    return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
 def _train(model: torch.nn.Module, stories: list[Story], seed: int, name: str) -> float:
@@ -185,11 +182,7 @@ def _train(model: torch.nn.Module, stories: list[Story], seed: int, name: str) -
         cursor += BATCH_SIZE
         ids, mask = encode_stories([stories[i] for i in idx.tolist()])
         loss = torch.nn.functional.cross_entropy(model(ids, mask).logits, answers[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, optimizer, schedule, model.parameters())
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)

@@ -1,10 +1,12 @@
-"""What zoo recipes share: the optimiser and schedule, flip augmentation, the ViT folder
-writer, and an atomic save.
+"""What zoo recipes share: one run record, the held-out seed offset, the scene recipes' pixel
+scaling, the optimiser, schedule and step, flip augmentation, the ViT folder writer, and an
+atomic save.
 
-A recipe trains a small model on synthetic data and calls ``save_atomically`` with a function
-that writes the model's files into a folder; the folder gets a ``recipe.json`` (recipe, seed,
-metrics, torch and transformers versions, the weights' sha256) and replaces the old build in one
-rename, so a failed build never leaves a half-written model behind.
+A recipe opens a ``RecipeRun`` (name, recipe module, seed), trains a small model on synthetic
+data inside ``run.training()`` (seeded, thread-capped), and ends with ``run.save``: that
+times the build, writes the model's files and a ``recipe.json`` (name, recipe, seed, metrics,
+the recipe's own fields, torch and transformers versions, the weights' sha256) into a temporary
+folder, and swaps it in with one rename, so a failed build never leaves a half-written model.
 """
 
 from __future__ import annotations
@@ -14,16 +16,112 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import transformers
+
+from workbench.threads import torch_threads
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 MAX_CHECKPOINT_BYTES = 5 * 2**20
 """Every committed zoo checkpoint stays at or under 5 MB."""
 WEIGHTS_FILE = "model.safetensors"
+EVAL_SEED_OFFSET = 10_000
+"""Held-out data comes from seed + this, so no recipe evaluates on what it trained on."""
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+PIXEL_NORMALISATION = "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first"
+"""How the scene recipes turn uint8 images into model inputs (``to_pixel_values``)."""
+
+
+@dataclass
+class RecipeRun:
+    """One run of a zoo recipe: what ``recipe.json`` opens with, and the build's clock.
+
+    Create it first thing in a recipe's builder, so ``build_seconds`` covers the whole build.
+    """
+
+    name: str
+    recipe: str
+    seed: int
+    threads: int = 1
+    started: float = field(default_factory=time.perf_counter, init=False)
+    cpu_started: float = field(default_factory=time.process_time, init=False)
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """Torch capped at ``threads`` threads, its global generator seeded with ``seed``."""
+        with torch_threads(self.threads):
+            torch.manual_seed(self.seed)
+            yield
+
+    def save(
+        self,
+        out_dir: Path,
+        write: Callable[[Path], object],
+        *,
+        metrics: dict[str, Any],
+        train_loss: float,
+        fields: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Add the final training loss and build times to ``metrics``, save; return them.
+
+        ``write(folder)`` writes the model's files; ``fields`` are the recipe's own entries of
+        ``recipe.json`` (data, schedule, objective).
+        """
+        metrics["final_train_loss"] = round(train_loss, 4)
+        metrics["build_seconds"] = round(time.perf_counter() - self.started, 1)
+        metrics["build_cpu_seconds"] = round(time.process_time() - self.cpu_started, 1)
+        recipe = {
+            "name": self.name,
+            "recipe": self.recipe,
+            "seed": self.seed,
+            "metrics": metrics,
+            **fields,
+        }
+        save_atomically(Path(out_dir), write, recipe)
+        return metrics
+
+
+def to_pixel_values(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as the saved preprocessor does."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def scene_fields(
+    make: Callable[..., Any],
+    scene_kwargs: dict[str, Any],
+    seed: int,
+    train_size: int,
+    eval_size: int,
+) -> dict[str, Any]:
+    """``recipe.json``'s record of a scene model's data: generator, split and pixel scaling.
+
+    ``make(n, seed=..., **scene_kwargs)`` rebuilds the training and held-out scenes.
+    """
+    return {
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+        "normalisation": PIXEL_NORMALISATION,
+        "train_size": train_size,
+        "train_seed": seed,
+        "eval_size": eval_size,
+        "eval_seed": seed + EVAL_SEED_OFFSET,
+        "scenes": f"{make.__module__}.{make.__name__}(n, seed=..., **scene_kwargs)",
+        "scene_kwargs": scene_kwargs,
+    }
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -42,6 +140,20 @@ def adamw_warmup_cosine(
         optimizer, lambda step: lr_factor(step, warmup, total)
     )
     return optimizer, schedule
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    params: Iterable[torch.Tensor],
+) -> None:
+    """One training step: backpropagate ``loss``, clip the gradient norm to 1, step both."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
 
 
 def flip_augment(
@@ -78,7 +190,7 @@ def sha256_file(path: Path) -> str:
 
 def save_atomically(
     out_dir: Path,
-    write: Callable[[Path], None],
+    write: Callable[[Path], object],
     recipe: dict[str, Any],
     *,
     weights_file: str = WEIGHTS_FILE,
@@ -126,7 +238,7 @@ def save_atomically(
 
 
 def write_vit_folder(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     folder: Path,
     image_mean: tuple[float, ...],
     image_std: tuple[float, ...],

@@ -11,7 +11,6 @@ The middle class token and the bidirectional scans are as in the official Vim.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +20,24 @@ from tqdm.auto import tqdm
 
 from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
 from workbench.models.vim import VimConfig, VisionMamba, flush_denormals, save_pretrained
-from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
 from workbench.zoo.training import (
+    EVAL_SEED_OFFSET,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    RecipeRun,
     adamw_warmup_cosine,
     flip_augment,
-    save_atomically,
+    optimizer_step,
+    to_pixel_values,
 )
 from workbench.zoo.vit_scenes import (
-    EVAL_SEED_OFFSET,
     EVAL_SIZE,
-    IMAGE_MEAN,
     IMAGE_SIZE,
-    IMAGE_STD,
     PATCH_SIZE,
     SCENE_KWARGS,
+    data_fields,
     evaluate,
-    to_pixel_values,
 )
 
 NAME = "vim-scenes"
@@ -84,35 +84,17 @@ def vim_config() -> VimConfig:
 
 def build(out_dir: Path, seed: int) -> dict:
     """Train, evaluate the fp16 weights on held-out scenes, and save atomically into ``out_dir``."""
-    out_dir = Path(out_dir)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    with torch_threads(MAX_THREADS), flush_denormals():
-        torch.manual_seed(seed)
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
+    with run.training(), flush_denormals():
         train = make_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
         model = VisionMamba(vim_config())
         train_loss = _train(model, train, seed)
         model = model.half().float()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, held)
-    metrics["final_train_loss"] = round(train_loss, 4)
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
-    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-    metrics["build_cpu_seconds"] = round(time.process_time() - cpu_start, 1)
-    recipe = {
-        "name": NAME,
-        "recipe": __name__,
-        "seed": seed,
-        "metrics": metrics,
-        "image_mean": list(IMAGE_MEAN),
-        "image_std": list(IMAGE_STD),
-        "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",
-        "classes": list(SHAPES),
-        "train_size": TRAIN_SIZE,
-        "train_seed": seed,
-        "eval_size": EVAL_SIZE,
-        "eval_seed": seed + EVAL_SEED_OFFSET,
-        "scenes": "workbench.data.scenes.make_scenes(n, seed=..., **scene_kwargs)",
-        "scene_kwargs": SCENE_KWARGS,
+    fields = {
+        **data_fields(seed, TRAIN_SIZE, EVAL_SIZE),
         "steps": STEPS,
         "batch_size": BATCH_SIZE,
         "optimizer": f"AdamW lr={LR} weight_decay={WEIGHT_DECAY}, warmup + cosine",
@@ -123,8 +105,11 @@ def build(out_dir: Path, seed: int) -> dict:
         "linear head (as vit-scenes)",
         "partner": "zoo:vit-scenes",
     }
-    save_atomically(out_dir, lambda tmp: save_pretrained(model, tmp, torch.float16), recipe)
-    return metrics
+
+    def write(folder: Path) -> None:
+        save_pretrained(model, folder, torch.float16)
+
+    return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
 def _train(model: VisionMamba, scenes: Scenes, seed: int) -> float:
@@ -163,12 +148,7 @@ def _train(model: VisionMamba, scenes: Scenes, seed: int) -> float:
         loss = F.binary_cross_entropy_with_logits(out.logits, labels[idx])
         tokens = model.patch_tokens(out.last_hidden_state)
         dense = F.cross_entropy(patch_head(tokens).flatten(0, 1), patches.flatten())
-        total_loss = loss + PATCH_LOSS_WEIGHT * dense
-        optimizer.zero_grad(set_to_none=True)
-        total_loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss + PATCH_LOSS_WEIGHT * dense, optimizer, schedule, params)
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", patch=f"{dense.item():.3f}", refresh=False)

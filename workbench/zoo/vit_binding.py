@@ -20,10 +20,9 @@ is seeded and the scenes deterministic; held-out metrics come from scenes of ano
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,14 +30,26 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.data.scenes import Scenes, make_binding_scenes, patch_labels
-from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
 from workbench.zoo.training import (
+    EVAL_SEED_OFFSET,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    RecipeRun,
     adamw_warmup_cosine,
     flip_augment,
-    save_atomically,
+    optimizer_step,
+    scene_fields,
+    to_pixel_values,
     write_vit_folder,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+Model = TypeVar("Model", bound=torch.nn.Module)
+LossFn = Callable[[Model, torch.Tensor, dict, torch.Generator], torch.Tensor]
+"""A recipe's loss: (model, pixel batch, batch labels, generator) -> scalar loss."""
 
 ARCHITECTURE = "6-layer ViT (width 96, 4 heads, 8-px patches, 64-px images)"
 ENTRIES = (
@@ -76,13 +87,10 @@ HIDDEN = 96
 LAYERS = 6
 HEADS = 4
 MLP = 384
-IMAGE_MEAN = (0.5, 0.5, 0.5)
-IMAGE_STD = (0.5, 0.5, 0.5)
 SCENE_KWARGS: dict[str, Any] = {"size": IMAGE_SIZE}
 """Options for ``make_binding_scenes`` in training and evaluation (its defaults otherwise)."""
 TRAIN_SIZE = 4_000
 EVAL_SIZE = 500
-EVAL_SEED_OFFSET = 10_000  # held-out scenes come from seed + this, never seen in training
 BATCH_SIZE = 64
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.05
@@ -107,20 +115,12 @@ def encoder_kwargs() -> dict[str, Any]:
     )
 
 
-def to_pixel_values(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as the saved preprocessor does."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 # -- builders ----------------------------------------------------------------------------------
 def build_mae(out_dir: Path, seed: int) -> dict:
     """Masked autoencoding; saves the encoder as a ViTMAE model with ``mask_ratio`` 0."""
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
-    def make() -> torch.nn.Module:
+    def make() -> ViTMAEForPreTraining:
         config = ViTMAEConfig(
             **encoder_kwargs(),
             decoder_hidden_size=64,
@@ -132,14 +132,14 @@ def build_mae(out_dir: Path, seed: int) -> dict:
         )
         return ViTMAEForPreTraining(config)
 
-    def loss_fn(model: torch.nn.Module, x: torch.Tensor, _batch: dict, gen: torch.Generator):
+    def loss_fn(model: ViTMAEForPreTraining, x: torch.Tensor, _batch: dict, gen: torch.Generator):
         noise = torch.rand(x.shape[0], (IMAGE_SIZE // PATCH_SIZE) ** 2, generator=gen)
         return model(pixel_values=x, noise=noise).loss
 
-    def evaluate(model: torch.nn.Module, held: Scenes) -> dict:
+    def evaluate(model: ViTMAEForPreTraining, held: Scenes) -> dict:
         return evaluate_mae(model, held, seed)
 
-    def encoder(model: torch.nn.Module) -> torch.nn.Module:
+    def encoder(model: ViTMAEForPreTraining) -> ViTMAEModel:
         enc = model.vit
         enc.config.mask_ratio = 0.0
         enc.config.architectures = ["ViTMAEModel"]
@@ -167,22 +167,23 @@ def build_contrast(out_dir: Path, seed: int) -> dict:
     """InfoNCE between two augmented views of each scene; the projection head is dropped."""
     from transformers import ViTConfig, ViTModel
 
-    def make() -> torch.nn.Module:
+    def make() -> ViTModel:
         model = ViTModel(ViTConfig(**encoder_kwargs()))  # the unused pooler is saved too
         model.projection = torch.nn.Sequential(
             torch.nn.Linear(HIDDEN, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)
         )
         return model
 
-    def loss_fn(model: torch.nn.Module, x: torch.Tensor, _batch: dict, gen: torch.Generator):
+    def loss_fn(model: ViTModel, x: torch.Tensor, _batch: dict, gen: torch.Generator):
         views = torch.cat([augment_view(x, gen), augment_view(x, gen)])
-        z = F.normalize(model.projection(model(pixel_values=views).last_hidden_state[:, 0]), dim=1)
+        cls = model(pixel_values=views).last_hidden_state[:, 0]
+        z = F.normalize(model.get_submodule("projection")(cls), dim=1)
         return info_nce(z, CONTRAST_TEMPERATURE)
 
-    def evaluate(model: torch.nn.Module, held: Scenes) -> dict:
+    def evaluate(model: ViTModel, held: Scenes) -> dict:
         return evaluate_contrast(model, held, seed)
 
-    def encoder(model: torch.nn.Module) -> torch.nn.Module:
+    def encoder(model: ViTModel) -> ViTModel:
         del model.projection
         model.config.architectures = ["ViTModel"]
         return model
@@ -211,11 +212,10 @@ def build_supervised(out_dir: Path, seed: int) -> dict:
     """Which shapes appear (multi-label BCE) plus a discarded per-patch class head."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    def make() -> torch.nn.Module:
+    def make() -> ViTForImageClassification:
         names = _class_names()
         config = ViTConfig(
             **encoder_kwargs(),
-            num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={name: i for i, name in enumerate(names)},
             problem_type="multi_label_classification",
@@ -224,18 +224,19 @@ def build_supervised(out_dir: Path, seed: int) -> dict:
         model.patch_head = torch.nn.Linear(HIDDEN, len(names) + 1)
         return model
 
-    def loss_fn(model: torch.nn.Module, x: torch.Tensor, batch: dict, _gen: torch.Generator):
+    def loss_fn(
+        model: ViTForImageClassification, x: torch.Tensor, batch: dict, _gen: torch.Generator
+    ):
         out = model(pixel_values=x, labels=batch["present"], output_hidden_states=True)
         tokens = model.vit.layernorm(out.hidden_states[-1][:, 1:])
-        dense = F.cross_entropy(
-            model.patch_head(tokens).flatten(0, 1), batch["patch_classes"].flatten()
-        )
+        patch_logits = model.get_submodule("patch_head")(tokens)
+        dense = F.cross_entropy(patch_logits.flatten(0, 1), batch["patch_classes"].flatten())
         return out.loss + dense
 
-    def evaluate(model: torch.nn.Module, held: Scenes) -> dict:
+    def evaluate(model: ViTForImageClassification, held: Scenes) -> dict:
         return evaluate_supervised(model, held)
 
-    def encoder(model: torch.nn.Module) -> torch.nn.Module:
+    def encoder(model: ViTForImageClassification) -> ViTForImageClassification:
         del model.patch_head
         return model
 
@@ -265,60 +266,45 @@ def _build(
     out_dir: Path,
     seed: int,
     *,
-    make: Callable[[], torch.nn.Module],
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor, dict, torch.Generator], torch.Tensor],
+    make: Callable[[], Model],
+    loss_fn: LossFn[Model],
     steps: int,
     lr: float,
-    evaluate: Callable[[torch.nn.Module, Scenes], dict],
-    to_save: Callable[[torch.nn.Module], torch.nn.Module],
+    evaluate: Callable[[Model, Scenes], dict],
+    to_save: Callable[[Model], PreTrainedModel],
     details: dict[str, Any],
 ) -> dict:
     """Render scenes, train, evaluate the fp16 weights on held-out scenes, save atomically."""
-
-    start = time.perf_counter()
-    with torch_threads(MAX_THREADS):
-        torch.manual_seed(seed)
+    run = RecipeRun(name, __name__, seed, threads=MAX_THREADS)
+    with run.training():
         train = make_binding_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_binding_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
         model = make()
-        final_loss = _train(name, model, train, loss_fn, steps, lr, seed)
+        train_loss = _train(name, model, train, loss_fn, steps, lr, seed)
         model = model.half().float()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, held)
-        model = to_save(model).half()
-    metrics["final_train_loss"] = round(final_loss, 4)
-    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-    recipe = {
-        "name": name,
-        "recipe": __name__,
-        "seed": seed,
-        "metrics": metrics,
+        saved = to_save(model).half()
+    fields = {
         "architecture": ARCHITECTURE,
-        "image_mean": list(IMAGE_MEAN),
-        "image_std": list(IMAGE_STD),
-        "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",
-        "train_size": TRAIN_SIZE,
-        "train_seed": seed,
-        "eval_size": EVAL_SIZE,
-        "eval_seed": seed + EVAL_SEED_OFFSET,
-        "scenes": "workbench.data.scenes.make_binding_scenes(n, seed=..., **scene_kwargs)",
-        "scene_kwargs": SCENE_KWARGS,
+        **scene_fields(make_binding_scenes, SCENE_KWARGS, seed, TRAIN_SIZE, EVAL_SIZE),
         "steps": steps,
         "batch_size": BATCH_SIZE,
         "optimizer": f"AdamW lr={lr} weight_decay={WEIGHT_DECAY}, warmup + cosine",
         "augmentation": "random horizontal/vertical flips and transposes",
         **details,
     }
-    save_atomically(
-        out_dir, lambda tmp: write_vit_folder(model, tmp, IMAGE_MEAN, IMAGE_STD), recipe
-    )
-    return metrics
+
+    def write(folder: Path) -> None:
+        write_vit_folder(saved, folder, IMAGE_MEAN, IMAGE_STD)
+
+    return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
 def _train(
     name: str,
-    model: torch.nn.Module,
+    model: Model,
     scenes: Scenes,
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor, dict, torch.Generator], torch.Tensor],
+    loss_fn: LossFn[Model],
     steps: int,
     lr: float,
     seed: int,
@@ -347,11 +333,7 @@ def _train(
         x, grid = flip_augment(to_pixel_values(scenes.images[idx.numpy()]), patch_classes[idx], gen)
         batch = {"present": present[idx], "patch_classes": grid}
         loss = loss_fn(model, x, batch, gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, optimizer, schedule, params)
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
@@ -426,6 +408,7 @@ def evaluate_mae(model: torch.nn.Module, scenes: Scenes, seed: int) -> dict:
 def evaluate_contrast(model: torch.nn.Module, scenes: Scenes, seed: int) -> dict:
     """Top-1 retrieval of a scene's second view among all held-out views, and its chance."""
     model.eval()
+    projection = model.get_submodule("projection")
     gen = torch.Generator().manual_seed(seed + 1)
     x = to_pixel_values(scenes.images)
     views = [augment_view(x, gen), augment_view(x, gen)]
@@ -433,7 +416,7 @@ def evaluate_contrast(model: torch.nn.Module, scenes: Scenes, seed: int) -> dict
         F.normalize(
             torch.cat(
                 [
-                    model.projection(model(pixel_values=v[i : i + 100]).last_hidden_state[:, 0])
+                    projection(model(pixel_values=v[i : i + 100]).last_hidden_state[:, 0])
                     for i in range(0, len(v), 100)
                 ]
             ),

@@ -10,23 +10,30 @@ layer, object identity is represented. Training is seeded and the data determini
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from workbench.data.scenes import SHAPES, Scenes, make_scenes, patch_labels
-from workbench.threads import torch_threads
 from workbench.zoo.registry import ZooEntry
 from workbench.zoo.training import (
+    EVAL_SEED_OFFSET,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    RecipeRun,
     adamw_warmup_cosine,
     flip_augment,
-    save_atomically,
+    optimizer_step,
+    scene_fields,
+    to_pixel_values,
     write_vit_folder,
 )
+
+if TYPE_CHECKING:
+    from transformers import ViTConfig, ViTForImageClassification
 
 NAME = "vit-scenes"
 ENTRIES = (
@@ -43,14 +50,11 @@ ENTRIES = (
 )
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
-IMAGE_MEAN = (0.5, 0.5, 0.5)
-IMAGE_STD = (0.5, 0.5, 0.5)
 SCENE_KWARGS: dict[str, Any] = {"size": IMAGE_SIZE}
 """Scene options for training and evaluation (the generator's defaults otherwise); pass them to
 ``make_scenes`` for in-distribution scenes. They are also stored in ``recipe.json``."""
 TRAIN_SIZE = 16_000
 EVAL_SIZE = 1_000
-EVAL_SEED_OFFSET = 10_000  # held-out scenes come from seed + this, never seen in training
 EPOCHS = 4
 BATCH_SIZE = 64
 LR = 1e-3
@@ -60,7 +64,7 @@ MAX_THREADS = 1  # a model this small trains fastest on one thread here
 PATCH_LOSS_WEIGHT = 1.0
 
 
-def vit_config() -> Any:
+def vit_config() -> ViTConfig:
     """The architecture: 6 layers, width 128, 4 heads, 8-px patches on 64-px images."""
     from transformers import ViTConfig
 
@@ -74,19 +78,16 @@ def vit_config() -> Any:
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
         num_channels=3,
-        num_labels=len(SHAPES),
         id2label=dict(enumerate(SHAPES)),
         label2id={name: i for i, name in enumerate(SHAPES)},
         problem_type="multi_label_classification",
     )
 
 
-def to_pixel_values(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as the saved preprocessor does."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+def data_fields(seed: int, train_size: int, eval_size: int) -> dict[str, Any]:
+    """``recipe.json``'s record of the scenes, split and classes (``vim-scenes`` shares them)."""
+    fields = scene_fields(make_scenes, SCENE_KWARGS, seed, train_size, eval_size)
+    return {**fields, "classes": list(SHAPES)}
 
 
 def build(out_dir: Path, seed: int) -> dict:
@@ -96,10 +97,8 @@ def build(out_dir: Path, seed: int) -> dict:
     """
     from transformers import ViTForImageClassification
 
-    out_dir = Path(out_dir)
-    start = time.perf_counter()
-    with torch_threads(MAX_THREADS):
-        torch.manual_seed(seed)
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
+    with run.training():
         train = make_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
         model = ViTForImageClassification(vit_config())
@@ -107,23 +106,8 @@ def build(out_dir: Path, seed: int) -> dict:
         model = model.half()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model.float(), held)
         model = model.half()
-    metrics["final_train_loss"] = round(train_loss, 4)
-    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-    recipe = {
-        "name": NAME,
-        "recipe": __name__,
-        "seed": seed,
-        "metrics": metrics,
-        "image_mean": list(IMAGE_MEAN),
-        "image_std": list(IMAGE_STD),
-        "normalisation": "pixel_values = (uint8 / 255 - image_mean) / image_std, channels first",
-        "classes": list(SHAPES),
-        "train_size": TRAIN_SIZE,
-        "train_seed": seed,
-        "eval_size": EVAL_SIZE,
-        "eval_seed": seed + EVAL_SEED_OFFSET,
-        "scenes": "workbench.data.scenes.make_scenes(n, seed=..., **scene_kwargs)",
-        "scene_kwargs": SCENE_KWARGS,
+    fields = {
+        **data_fields(seed, TRAIN_SIZE, EVAL_SIZE),
         "epochs": EPOCHS,
         "batch_size": BATCH_SIZE,
         "optimizer": f"AdamW lr={LR} weight_decay={WEIGHT_DECAY}, warmup + cosine",
@@ -132,13 +116,14 @@ def build(out_dir: Path, seed: int) -> dict:
         "objective": "BCE on which shapes are present (CLS head) + weight x cross-entropy of "
         "each patch's class from the final patch tokens via a discarded linear head",
     }
-    save_atomically(
-        out_dir, lambda tmp: write_vit_folder(model, tmp, IMAGE_MEAN, IMAGE_STD), recipe
-    )
-    return metrics
+
+    def write(folder: Path) -> None:
+        write_vit_folder(model, folder, IMAGE_MEAN, IMAGE_STD)
+
+    return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
-def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
+def _train(model: ViTForImageClassification, scenes: Scenes, seed: int) -> float:
     """Supervised multi-label training; returns the mean multi-label loss of the last epoch.
 
     With ``PATCH_LOSS_WEIGHT > 0`` a throw-away linear head also predicts each patch's class
@@ -178,11 +163,7 @@ def _train(model: torch.nn.Module, scenes: Scenes, seed: int) -> float:
                     patch_head(tokens).flatten(0, 1), patches.flatten()
                 )
                 loss = loss + PATCH_LOSS_WEIGHT * dense
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
+            optimizer_step(loss, optimizer, schedule, params)
             losses.append(out.loss.item())
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
