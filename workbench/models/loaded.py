@@ -134,6 +134,7 @@ class LoadedModel:
     # -- weights -------------------------------------------------------------------------------
     def weight(self, name: str) -> torch.Tensor:
         """The (out, in) matrix ``name`` as a view of the parameter: edits write through."""
+        self._check_weight(name)
         w = self.weights[name]
         matrix = self.parameter(name)
         matrix = matrix.T if w.transposed else matrix
