@@ -204,6 +204,20 @@ def test_bad_operators_and_sites_are_refused(gpt2):
         gpt2(**batch)
 
 
+@pytest.mark.parametrize("gate", [float("nan"), 5.0, -0.25])
+def test_a_per_call_gate_is_refused_like_the_constructors(gpt2, gate):
+    """The override of ``reweave(..., gate=)`` obeys the constructor's rule: g in [0, 1]."""
+    refused = r"the gate must lie in \[0, 1\]"
+    with pytest.raises(DataError, match=refused):
+        Reweaving((0,), 1, gpt2.d_model, gate=gate)
+    hooks_before = _hook_count(gpt2)
+    with pytest.raises(DataError, match=refused), reweave(gpt2, _op(gpt2), gate=gate):
+        gpt2(**gpt2.encode_texts(TEXTS))
+    assert _hook_count(gpt2) == hooks_before
+    with pytest.raises(DataError, match=refused):
+        measure.final_states(gpt2, TEXTS, _op(gpt2), gate=gate)
+
+
 # -- attention statistics -------------------------------------------------------------------
 def _causal_uniform(t):
     p = torch.tril(torch.ones(t, t))
