@@ -118,7 +118,8 @@ class Reweaving(nn.Module):
     def reconstruct(self, states: list[torch.Tensor]) -> torch.Tensor:
         """``r = sum_l w_l LN(h_l)`` over the source states (each (batch, seq, d))."""
         w = self.weights().to(states[0].dtype)
-        return sum(w[i] * layer_norm(h) for i, h in enumerate(states))
+        start = torch.zeros((), dtype=w.dtype)
+        return sum((w[i] * layer_norm(h) for i, h in enumerate(states)), start)
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
         """``P r = p * r + b``: the reconstruction at the destination's scale."""
