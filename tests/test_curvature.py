@@ -9,11 +9,14 @@ import torch
 
 from probes import curvature
 from probes.curvature import compute
-from probes.curvature.edit import edited, edited_copy, kfac_edit, kfac_weights, svd_weights
+from probes.curvature import probe as curvature_probe
+from probes.curvature.data import default_canary_set
+from probes.curvature.edit import kfac_edit, kfac_weights, svd_weights
 from probes.curvature.factors import KFACFactors, collect_factors
 from probes.curvature.widget import CurvatureExplorer
 from workbench.data.canaries import VOCABULARY
-from workbench.errors import DataError, FamilyError, SiteError
+from workbench.edit import edited, edited_copy
+from workbench.errors import ConfigError, DataError, FamilyError, SiteError
 from workbench.models import load_model
 from workbench.threads import torch_threads
 
@@ -386,19 +389,32 @@ def test_auc():
 
 
 # -- the probe ---------------------------------------------------------------------------------
-def test_bad_input_fails_before_work(scratch_models):
+def test_bad_input_fails_before_work(scratch_models, monkeypatch):
     bert = load_model(scratch_models["bert"])
     with pytest.raises(FamilyError, match="accepts causal-lm"):
         curvature.run(bert)
     lm = load_model(scratch_models["gpt2"])
-    with pytest.raises(DataError, match="rho"):
-        curvature.run(lm, curvature.Config(rho=1.5))
-    with pytest.raises(DataError, match="labels"):
-        curvature.run(lm, curvature.Config(labels="argmax"))
-    with pytest.raises(SiteError, match="no weight"):
-        curvature.run(lm, curvature.Config(weights=r"mlp\.W_nothing"))
+    with pytest.raises(ConfigError, match="rho"):
+        curvature.Config(rho=1.5)
+    with pytest.raises(ConfigError, match="rho must be a finite number"):
+        curvature.Config(rho=float("nan"))
+    with pytest.raises(ConfigError, match="sweep values"):
+        curvature.Config(sweep=(0.9, 0.0))
+    with pytest.raises(ConfigError, match="labels must be one of"):
+        curvature.Config(labels="argmax")
+    with pytest.raises(ConfigError, match="factor_sequences must lie in"):
+        curvature.Config(factor_sequences=10**8)
+    with pytest.raises(ConfigError, match="regular expression"):
+        curvature.Config(weights="mlp(")
     with pytest.raises(DataError, match="does not know the canary corpus"):
         curvature.run(lm)  # its vocabulary is w0..w249, not the corpus's words
+
+    def science_ran(*args):
+        raise AssertionError("the model check must refuse before the science starts")
+
+    monkeypatch.setattr(curvature_probe, "_run", science_ran)
+    with pytest.raises(SiteError, match="no weight"):
+        curvature.run(lm, curvature.Config(weights=r"mlp\.W_nothing"))
 
 
 @pytest.fixture(scope="module")
@@ -465,3 +481,34 @@ def test_vocabulary_model_runs_end_to_end_quickly(tmp_path):
     bands = len(result.arrays["band_labels"])
     assert result.arrays["ratio_kfac_memorized"].shape == (2, bands)  # W_in of both blocks
     assert result.arrays["ratio_svd_unseen"].shape == (2, bands)
+
+
+def test_factors_given_in_the_data_are_used_instead_of_collected(tmp_path, monkeypatch):
+    """``CurvatureData(canaries, factors)`` skips the collection and gives the same numbers."""
+    from workbench.models.scratch import save_random_model
+
+    folder = save_random_model(tmp_path / "m", "gpt2", words=list(VOCABULARY), n_positions=64)
+    lm = load_model(folder)
+    config = curvature.Config(
+        sweep=(0.9,), svd_sweep=(0.9,), match_svd=False, factor_sequences=32, held_out_sequences=16
+    )
+    canaries = default_canary_set(lm, config)
+    factors = curvature_probe.factors_for(lm, config, canaries)
+    collected = curvature.run(lm, config, curvature.CurvatureData(canaries))
+
+    def no_collection(*args, **kwargs):
+        raise AssertionError("the factors were collected although the data holds them")
+
+    monkeypatch.setattr(curvature_probe, "collect_factors", no_collection)
+    reused = curvature.run(lm, config, curvature.CurvatureData(canaries, factors))
+    for key in ("perplexity_before", "perplexity_after", "kept_components", "factor_positions"):
+        assert reused.metrics[key] == collected.metrics[key], key
+    for key in ("kfac_sweep_perplexity", "eig_G.blocks.0.mlp.W_in", "ratio_kfac_unseen"):
+        np.testing.assert_array_equal(reused.arrays[key], collected.arrays[key])
+    with pytest.raises(DataError, match="lack"):
+        every_mlp = curvature.Config(weights=r"mlp\.W_", sweep=(0.9,), svd_sweep=(0.9,))
+        curvature.run(lm, every_mlp, curvature.CurvatureData(canaries, factors))
+    with pytest.raises(DataError, match=r"CurvatureData\(canaries=..., factors=...\)"):
+        curvature.run(lm, config, canaries)
+    with pytest.raises(DataError, match="factors must be KFACFactors"):
+        curvature.CurvatureData(canaries, factors.a)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from probes.reweave import Config, Reweaving, capture_memory, compute, measure, reweave
-from probes.reweave.operator import layer_norm
-from probes.reweave.probe import resolve_layers, validate
+from probes.reweave import Config, compute, measure
+from probes.reweave import probe as reweave_probe
+from probes.reweave.operator import Reweaving, capture_memory, layer_norm, reweave
+from probes.reweave.probe import resolve_layers
 from workbench.capture import hooks
 from workbench.data import recall
-from workbench.errors import DataError, FamilyError, SiteError
+from workbench.errors import ConfigError, DataError, FamilyError, SiteError
 from workbench.models import load_model
 from workbench.threads import torch_threads
 
@@ -204,6 +205,20 @@ def test_bad_operators_and_sites_are_refused(gpt2):
         gpt2(**batch)
 
 
+@pytest.mark.parametrize("gate", [float("nan"), 5.0, -0.25])
+def test_a_per_call_gate_is_refused_like_the_constructors(gpt2, gate):
+    """The override of ``reweave(..., gate=)`` obeys the constructor's rule: g in [0, 1]."""
+    refused = r"the gate must lie in \[0, 1\]"
+    with pytest.raises(DataError, match=refused):
+        Reweaving((0,), 1, gpt2.d_model, gate=gate)
+    hooks_before = _hook_count(gpt2)
+    with pytest.raises(DataError, match=refused), reweave(gpt2, _op(gpt2), gate=gate):
+        gpt2(**gpt2.encode_texts(TEXTS))
+    assert _hook_count(gpt2) == hooks_before
+    with pytest.raises(DataError, match=refused):
+        measure.final_states(gpt2, TEXTS, _op(gpt2), gate=gate)
+
+
 # -- attention statistics -------------------------------------------------------------------
 def _causal_uniform(t):
     p = torch.tril(torch.ones(t, t))
@@ -302,15 +317,23 @@ def test_pseudo_words_are_distinct_and_never_marker_words():
 
 
 # -- configuration --------------------------------------------------------------------------
-def test_bad_configs_are_refused_before_any_work(gpt2, scratch_models):
+def test_bad_configs_are_refused_before_any_work(gpt2, scratch_models, monkeypatch):
     from probes import reweave as probe
 
-    with pytest.raises(DataError, match="gate"):
-        validate(Config(gate=2.0))
-    with pytest.raises(DataError, match="tasks"):
-        validate(Config(tasks=("copy",)))
-    with pytest.raises(DataError, match="read"):
-        validate(Config(read="sideways"))
+    with pytest.raises(ConfigError, match="gate"):
+        Config(gate=2.0)
+    with pytest.raises(ConfigError, match="gate must be a finite number"):
+        Config(gate=float("nan"))
+    with pytest.raises(ConfigError, match=r"gate_sweep\[1\] must lie in \[0, 1\]"):
+        Config(gate_sweep=(0.0, 5.0))
+    with pytest.raises(ConfigError, match="tasks"):
+        Config(tasks=("copy",))
+    with pytest.raises(ConfigError, match="read"):
+        Config(read="sideways")
+    with pytest.raises(ConfigError, match="lengths"):
+        Config(lengths=(4, 16))
+    with pytest.raises(ConfigError, match="n_prompts must lie in"):
+        Config(n_prompts=10**8)
     with pytest.raises(DataError, match="destination"):
         resolve_layers(gpt2, Config(sources=(0, 1), target=1))
     with pytest.raises(DataError, match="do not fit"):
@@ -319,6 +342,17 @@ def test_bad_configs_are_refused_before_any_work(gpt2, scratch_models):
     vit = load_model(scratch_models["vit"])
     with pytest.raises(FamilyError, match="causal-lm or encoder"):
         probe.run(vit, Config())
+
+    def science_ran(*args):
+        raise AssertionError("the model check must refuse before the science starts")
+
+    monkeypatch.setattr(reweave_probe, "recall_vocabulary", science_ran)
+    with pytest.raises(DataError, match="destination"):
+        probe.run(gpt2, Config(sources=(0, 1), target=1))
+    with pytest.raises(DataError, match="reads at most 512 tokens"):
+        probe.run(gpt2, Config(lengths=(16, 1024)))
+    with pytest.raises(DataError, match="list of texts"):
+        probe.run(gpt2, Config(), "one text")
 
 
 def _scratch_vocabulary(lm, words):

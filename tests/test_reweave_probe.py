@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 
 from probes import reweave
 from probes.reweave import compute, measure
+from probes.reweave.data import prompts, recall_vocabulary
+from probes.reweave.operator import Reweaving
 from probes.reweave.plots import closing_note, head_view_figure
 from probes.reweave.widget import MEAN_HEAD, ReweaveExplorer
 from workbench.models import load_model
@@ -67,8 +70,28 @@ def test_result_holds_every_measurement_and_saves(result, gpt2, tmp_path):
     loaded = ProbeResult.load(result.save(tmp_path / "run", formats=("html",)))
     assert np.array_equal(loaded.arrays["example_patterns"], a["example_patterns"])
     # The saved operators rebuild exactly.
-    fixed = reweave.Reweaving.from_arrays(loaded.arrays, "op_fixed")
+    fixed = Reweaving.from_arrays(loaded.arrays, "op_fixed")
     assert fixed.target == target and fixed.fixed_gate == 0.8
+
+
+def test_own_texts_drive_the_attention_statistics(gpt2):
+    texts = ["w1 w2 w3 w4 w5 w6 w7 w8", "w9 w10 w11 w12", "w13 w14 w15 w16 w17 w18"]
+    res = reweave.run(gpt2, dataclasses.replace(TINY, fit_steps=0), data=texts)
+    assert res.metrics["attention_prompts"] == len(texts)
+    target = res.metrics["target"]
+    scale = measure.destination_scale(gpt2, texts, target)
+    assert res.metrics["destination_scale"] == round(scale, 4)
+    np.testing.assert_array_equal(
+        res.arrays["attention_stats"][0], measure.attention_statistics(gpt2, texts)
+    )
+    fixed = Reweaving.from_arrays(res.arrays, "op_fixed")
+    np.testing.assert_array_equal(
+        res.arrays["attention_stats"][1], measure.attention_statistics(gpt2, texts, fixed)
+    )
+    # The recall curve by length is the accuracy array averaged over tasks.
+    np.testing.assert_array_equal(
+        res.arrays["recall_by_length_fixed"], res.arrays["recall_accuracy"][1].mean(axis=0)
+    )
 
 
 def test_the_model_is_left_as_it_was(gpt2):
@@ -167,11 +190,11 @@ def recall_lm():
 
 @pytest.mark.slow
 def test_zoo_lm_recalls_short_prompts_and_degrades_with_length(recall_lm):
-    vocab = reweave.data.recall_vocabulary(recall_lm)
+    vocab = recall_vocabulary(recall_lm)
     assert vocab.one_token_per_word and vocab.added_tokens == 1 and vocab.counts is not None
     acc = {}
     for length in (16, 256):
-        group = reweave.data.prompts(vocab, "passkey", length, 32, seed=123)
+        group = prompts(vocab, "passkey", length, 32, seed=123)
         batch = recall_lm.encode_texts([p.text for p in group])
         assert batch["input_ids"].shape[1] == length  # lengths as asked, BOS included
         logits = measure.next_token_logits(recall_lm, group)
@@ -205,7 +228,7 @@ def test_transformer_lens_backend_gives_the_same_statistics(recall_lm):
     hf_batch = recall_lm.encode_texts(text)
     tl_batch = bridge.encode_texts(text)
     assert torch.equal(hf_batch["input_ids"], tl_batch["input_ids"])  # one BOS, not two
-    op = reweave.Reweaving((0, 1), 3, recall_lm.d_model, gate=0.5, scale=3.0)
+    op = Reweaving((0, 1), 3, recall_lm.d_model, gate=0.5, scale=3.0)
     hf = measure.attention_patterns(recall_lm, hf_batch, op)
     tl = measure.attention_patterns(bridge, tl_batch, op)
     for a, b in zip(hf, tl, strict=True):

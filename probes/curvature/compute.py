@@ -186,7 +186,9 @@ def kept_fraction(counts: torch.Tensor, n: int) -> float:
     return float(counts.sum()) / (len(counts) * n)
 
 
-def mass_curve(lam: torch.Tensor, mu: torch.Tensor, points: int = 200) -> tuple[np.ndarray, ...]:
+def mass_curve(
+    lam: torch.Tensor, mu: torch.Tensor, points: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of components kept, fraction of mass kept), highest mass first, log-spaced."""
     products = torch.outer(lam.double(), mu.double()).flatten()
     ordered = torch.sort(products, descending=True).values
@@ -269,8 +271,8 @@ class Recitation:
 
 
 def recitation(
-    generated: Sequence[Sequence[int]],
-    targets: Sequence[Sequence[int]],
+    generated: Sequence[Sequence[int] | torch.Tensor],
+    targets: Sequence[Sequence[int] | torch.Tensor],
     loose_threshold: float = 0.75,
 ) -> Recitation:
     """Token-level Levenshtein distance (rapidfuzz) between each continuation and its target.
@@ -344,7 +346,9 @@ def band_activation(
     return np.array([float((z @ (coords * mask).T).norm(dim=1).mean()) for mask in masks])
 
 
-def svd_band_masks(weight: torch.Tensor, edges: Sequence[float]) -> tuple[torch.Tensor, ...]:
+def svd_band_masks(
+    weight: torch.Tensor, edges: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """SVD coordinates diag(σ), right singular vectors, and band masks by cumulative σ² energy."""
     _, s, vh = torch.linalg.svd(weight.to(torch.float64), full_matrices=False)
     share = torch.cumsum(s**2, 0) / (s**2).sum()

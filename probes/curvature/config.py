@@ -1,12 +1,21 @@
-"""Curvature settings; every field can be set from a preset or ``--param k=v``."""
+"""Curvature settings and comparable metrics; each field can be set by a preset or ``--param``."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Literal
+
+from workbench.errors import ConfigError
+from workbench.probe import Metric, ProbeConfig, at_least, between, require
+
+MAX_SEQUENCES = 100_000
+MAX_SWEEP = 100
+"""At most this many points per sweep: each point is a full evaluation of an edited model."""
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ProbeConfig):
     weights: str = r"mlp\.W_(in|gate)$"
     r"""Regular expression over the model's weight names: which matrices to edit. The default is
     every block's MLP input projection (GPT-2's c_fc, Llama's gate and up), as the paper edits
@@ -22,10 +31,10 @@ class Config:
     """Fractions of Σσ² the SVD baseline keeps, for the same curve."""
     match_svd: bool = True
     """Also find the SVD truncation whose held-out perplexity matches the edit's at ``rho``."""
-    labels: str = "sampled"
+    labels: Literal["sampled", "gold"] = "sampled"
     """``sampled``: labels drawn from the model's own prediction (true Fisher); ``gold``: the
     next tokens of the text (empirical Fisher)."""
-    factor_data: str = "text"
+    factor_data: Literal["text", "train"] = "text"
     """What curvature is estimated on: ``text`` (fresh background text, no canaries) or
     ``train`` (the start of the model's training stream, canaries included)."""
     factor_sequences: int = 1024
@@ -45,4 +54,67 @@ class Config:
     threads: int = 1
     """Torch threads for the run (restored afterwards). Models this small run fastest on one;
     on a busy machine more threads can be several times slower. Raise it for large models."""
-    seed: int = 0
+
+    def check(self) -> None:
+        try:
+            re.compile(self.weights)
+        except re.error as err:
+            raise ConfigError(
+                f"weights must be a regular expression over weight names; {self.weights!r}: {err}"
+            ) from None
+        for name, values in (("rho", (self.rho,)), ("sweep", self.sweep)):
+            require(
+                bool(values) and all(0.0 < v <= 1.0 for v in values),
+                f"{name} values are fractions of curvature mass in (0, 1]; got {values}",
+            )
+        require(
+            bool(self.svd_sweep) and all(0.0 < v <= 1.0 for v in self.svd_sweep),
+            f"svd_sweep values are fractions of Σσ² in (0, 1]; got {self.svd_sweep}",
+        )
+        require(
+            len(self.sweep) <= MAX_SWEEP and len(self.svd_sweep) <= MAX_SWEEP,
+            f"sweep and svd_sweep take at most {MAX_SWEEP} values each",
+        )
+        require(
+            0.0 < self.loose_threshold <= 1.0,
+            f"loose_threshold is a similarity in (0, 1]; got {self.loose_threshold}",
+        )
+        between(self, 1, MAX_SEQUENCES, "factor_sequences", "held_out_sequences")
+        between(self, 1, 1000, "prefix_len", "ndcg_k")
+        between(self, 1, 4096, "batch_size")
+        between(self, 1, 256, "threads")
+        at_least(self, 1, "memorized_min_repetitions")
+        at_least(self, 0, "corpus_seed")
+
+
+METRICS = (
+    Metric("strict_before", "memorized set recited verbatim, unedited", "neither", percent=True),
+    Metric("strict_after", "memorized set recited verbatim after the edit", "lower", percent=True),
+    Metric("loose_after", "memorized set recited loosely after the edit", "lower", percent=True),
+    Metric("perplexity_change_pct", "held-out perplexity change", "lower", unit="%"),
+    Metric(
+        "svd_strict_at_matched_perplexity",
+        "SVD at matched perplexity: recited verbatim",
+        "neither",
+        percent=True,
+    ),
+    Metric(
+        "svd_loose_at_matched_perplexity",
+        "SVD at matched perplexity: recited loosely",
+        "neither",
+        percent=True,
+    ),
+    Metric(
+        "kfac_sweep_strict",
+        "memorized set recited verbatim, by ρ",
+        "lower",
+        percent=True,
+        over="kfac_sweep_value",
+    ),
+    Metric(
+        "kfac_sweep_perplexity",
+        "held-out perplexity, by ρ",
+        "lower",
+        over="kfac_sweep_value",
+    ),
+)

@@ -1,4 +1,5 @@
-"""The probe's inputs: canaries split into prompt and target, held-out text, factor corpus."""
+"""The probe's inputs: canaries split into prompt and target, held-out text, factor corpus, and
+optionally K-FAC factors collected before."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from probes.curvature.config import Config
+from probes.curvature.factors import KFACFactors
 from workbench.data.canaries import CanaryCorpus, make_canary_corpus, text_sample
 from workbench.errors import DataError
 from workbench.models import LoadedModel
@@ -38,6 +41,29 @@ class CanarySet:
             raise DataError("prompts, targets and repetition counts must match one to one")
         if not (self.repetitions == 0).any():
             raise DataError("the canaries need unseen ones (repetitions 0) as the control")
+
+
+@dataclass(frozen=True)
+class CurvatureData:
+    """The ``data`` argument of ``run``: the canaries to test and, optionally, K-FAC factors
+    collected before (``probes.curvature.probe.factors_for``), so that a rerun at other settings
+    skips the collection. Without factors, ``run`` collects them on ``canaries``' factor text.
+    """
+
+    canaries: CanarySet
+    factors: KFACFactors | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.canaries, CanarySet):
+            raise DataError(
+                f"canaries must be a CanarySet (see probes.curvature.data.canary_set); got "
+                f"{type(self.canaries).__name__}"
+            )
+        if self.factors is not None and not isinstance(self.factors, KFACFactors):
+            raise DataError(
+                f"factors must be KFACFactors (factors_for or KFACFactors.load) or None; got "
+                f"{type(self.factors).__name__}"
+            )
 
 
 def training_corpus_kwargs(model: LoadedModel) -> dict:
@@ -129,7 +155,7 @@ def _split_ids(model: LoadedModel, prompt: str, target: str) -> tuple[torch.Tens
     return head, _ids(model, target)
 
 
-def default_canary_set(model: LoadedModel, config) -> CanarySet:
+def default_canary_set(model: LoadedModel, config: Config) -> CanarySet:
     """The canary corpus the zoo model was trained on (same seed and options), tokenised."""
     kwargs = training_corpus_kwargs(model)
     if config.factor_data == "text":

@@ -184,7 +184,7 @@ def collect_factors(
     batch = encode_inputs(model, inputs)
     n = next(iter(batch.values())).shape[0]
     if model.family == "vit":
-        if not hasattr(model.model, "classifier"):
+        if model.head_labels is None:
             raise FamilyError(
                 f"{model.spec} has no classification head, so there is no loss to take "
                 "gradients of; load a ...ForImageClassification model"
@@ -232,7 +232,7 @@ def collect_factors(
                 part = {k: v[start : start + batch_size] for k, v in batch.items()}
                 state["valid"] = _valid_positions(model, part)
                 outputs.clear()
-                out = model.model(**model.forward_kwargs(part))
+                out = model.forward(part, grad=True)
                 part_gold = None if gold is None else gold[start : start + batch_size]
                 loss = _loss(model, out, part, state["valid"], labels, part_gold, generator)
                 missing = [nm for nm in names if nm not in outputs]
@@ -262,8 +262,8 @@ def collect_factors(
 
 
 def _target_parameters(model: LoadedModel, names: list[str]) -> list[torch.nn.Parameter]:
-    modules = dict.fromkeys(model.weights[n].module for n in names)
-    return [model.model.get_submodule(m).weight for m in modules]
+    """Each parameter holding a chosen weight, once (a fused matrix holds several names)."""
+    return list({id(p): p for p in (model.parameter(n) for n in names)}.values())
 
 
 def _rows(value: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -318,17 +318,17 @@ def _loss(
                 probs = torch.softmax(logits, dim=-1)
                 target = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-    multi_label = getattr(model.model.config, "problem_type", None) == "multi_label_classification"
-    if multi_label:
-        if labels == "gold":
-            target = gold.float()
-        else:
-            with torch.no_grad():
-                target = torch.bernoulli(torch.sigmoid(logits), generator=generator)
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
     if labels == "gold":
-        target = gold.long()
+        if gold is None:
+            raise DataError("gold labels for a ViT need `gold` with one label row per image")
+        target = gold.float() if multi_label else gold.long()
+    elif multi_label:
+        with torch.no_grad():
+            target = torch.bernoulli(torch.sigmoid(logits), generator=generator)
     else:
         with torch.no_grad():
             target = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    if multi_label:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
     return torch.nn.functional.cross_entropy(logits, target, reduction="sum")

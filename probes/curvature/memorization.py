@@ -145,5 +145,7 @@ def evaluate(
     nll = continuation_nll(model, prompts, targets)
     k = 0 if base_topk is None else base_topk.shape[-1]
     text = score_text(model, held_out, held_out_mask, k=k)
-    ndcg = 1.0 if base_topk is None else float(compute.ndcg_at_k(base_topk, text.topk).mean())
+    ndcg = 1.0
+    if base_topk is not None and text.topk is not None:
+        ndcg = float(compute.ndcg_at_k(base_topk, text.topk).mean())
     return Evaluation(continuations, rec, nll, text.perplexity, ndcg)

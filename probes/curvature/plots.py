@@ -372,9 +372,12 @@ def activation_ratio_figure(result: ProbeResult) -> go.Figure:
 
 
 def recitation_table(
-    result: ProbeResult, continuations: np.ndarray | None = None, label: str | None = None
+    result: ProbeResult,
+    continuations: tuple[np.ndarray, np.ndarray] | None = None,
+    label: str | None = None,
 ) -> go.Figure:
-    """Per canary: true suffix and the continuations before and after the edits."""
+    """Per canary: true suffix and the continuations before and after the edits; or, with
+    ``continuations`` (texts, distances), the unedited ones beside those of one edit."""
     a, m = result.arrays, result.metrics
     reps = a["repetitions"]
     order = np.concatenate(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,15 +12,16 @@ from tqdm.auto import tqdm
 
 from probes.curvature import compute
 from probes.curvature.config import Config
-from probes.curvature.data import CanarySet, default_canary_set
-from probes.curvature.edit import edited, kfac_weights, svd_weights
-from probes.curvature.factors import LABEL_MODES, KFACFactors, collect_factors, resolve_weights
+from probes.curvature.data import CanarySet, CurvatureData, default_canary_set
+from probes.curvature.edit import kfac_weights, svd_weights
+from probes.curvature.factors import KFACFactors, collect_factors, resolve_weights
 from probes.curvature.memorization import Evaluation, evaluate, score_text
+from probes.curvature.plots import figures
 from workbench.capture import capture
+from workbench.edit import edited
 from workbench.errors import DataError, FamilyError
 from workbench.models import LoadedModel
-from workbench.probe import check_family
-from workbench.results import ProbeResult, run_provenance
+from workbench.probe import Findings, run_frame
 from workbench.threads import torch_threads
 
 NAME = "curvature"
@@ -31,81 +32,53 @@ MATCH_TOLERANCE = 5e-4
 """The SVD search stops once its perplexity is within this relative distance of the target."""
 
 
-def validate(config: Config) -> None:
-    """Every config error, before any heavy work."""
-    for name, values in (("rho", (config.rho,)), ("sweep", config.sweep)):
-        if not values or not all(0.0 < v <= 1.0 for v in values):
-            raise DataError(
-                f"{name} values are fractions of curvature mass in (0, 1]; got {values}"
-            )
-    if not config.svd_sweep or not all(0.0 < v <= 1.0 for v in config.svd_sweep):
-        raise DataError(f"svd_sweep values are fractions of Σσ² in (0, 1]; got {config.svd_sweep}")
-    if config.labels not in LABEL_MODES:
-        raise DataError(f"labels must be one of {', '.join(LABEL_MODES)}; got {config.labels!r}")
-    if config.factor_data not in ("text", "train"):
-        raise DataError(f"factor_data must be 'text' or 'train'; got {config.factor_data!r}")
-    if not 0.0 < config.loose_threshold <= 1.0:
-        raise DataError("loose_threshold is a similarity in (0, 1]")
-    names = (
-        "factor_sequences",
-        "held_out_sequences",
-        "prefix_len",
-        "ndcg_k",
-        "batch_size",
-        "threads",
-    )
-    for name in names:
-        if getattr(config, name) < 1:
-            raise DataError(f"{name} must be at least 1")
-    if config.memorized_min_repetitions < 1:
-        raise DataError("memorized_min_repetitions must be at least 1")
-
-
-def run(
-    model: LoadedModel,
-    config: Config | None = None,
-    *,
-    data: CanarySet | None = None,
-    factors: KFACFactors | None = None,
-) -> ProbeResult:
-    """Does removing low-curvature weight components remove memorized recitation, and at what
-    cost in perplexity, compared with removing small singular components?"""
-    config = config or Config()
-    with torch_threads(config.threads):
-        return _run(model, config, data, factors)
-
-
-def _run(
-    model: LoadedModel, config: Config, data: CanarySet | None, factors: KFACFactors | None
-) -> ProbeResult:
-    started = time.time()
-    check_family(model, FAMILIES, NAME)
+def check(model: LoadedModel, config: Config) -> None:
+    """The edit needs the Hugging Face backend and weights that match ``config.weights``."""
     if model.backend != "hf":
         raise FamilyError("the curvature probe edits weights; load the model with backend='hf'")
-    validate(config)
+    resolve_weights(model, config.weights)
+
+
+@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
+def run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Findings:
+    """Does removing low-curvature weight components remove memorized recitation, and at what
+    cost in perplexity, compared with removing small singular components?
+
+    ``data`` (a ``CurvatureData``) gives canaries of your own and, optionally, factors collected
+    before; without it, the canary corpus the zoo model was trained on is rebuilt.
+    """
+    with torch_threads(config.threads):
+        return _run(model, config, data)
+
+
+def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Findings:
     names = resolve_weights(model, config.weights)
+    if data is not None and not isinstance(data, CurvatureData):
+        raise DataError(
+            f"data must be a CurvatureData(canaries=..., factors=...); got {type(data).__name__}"
+        )
+    factors = None if data is None else data.factors
     if factors is not None:
         missing = [n for n in names if n not in factors.a]
         if missing:
             raise DataError(f"the given factors lack {missing}; collect them for these weights")
         factors.check_model(model)
-    if data is None:
-        data = default_canary_set(model, config)
-    groups = sorted(set(data.repetitions.tolist()))
+    canaries = default_canary_set(model, config) if data is None else data.canaries
+    groups = sorted(set(canaries.repetitions.tolist()))
 
     if factors is None:
-        factors = factors_for(model, config, data)
+        factors = factors_for(model, config, canaries)
     bases = factors.eigenbases(names)
-    base_text = score_text(model, data.held_out_ids, data.held_out_mask, k=config.ndcg_k)
+    base_text = score_text(model, canaries.held_out_ids, canaries.held_out_mask, k=config.ndcg_k)
 
     def measure(new_weights: dict | None) -> Evaluation:
         def go() -> Evaluation:
             return evaluate(
                 model,
-                data.prompts,
-                data.targets,
-                data.held_out_ids,
-                data.held_out_mask,
+                canaries.prompts,
+                canaries.targets,
+                canaries.held_out_ids,
+                canaries.held_out_mask,
                 base_topk=base_text.topk,
                 loose_threshold=config.loose_threshold,
             )
@@ -116,7 +89,7 @@ def _run(
             return go()
 
     base = measure(None)
-    memorized = _memorized_set(base, data.repetitions, config.memorized_min_repetitions)
+    memorized = _memorized_set(base, canaries.repetitions, config.memorized_min_repetitions)
 
     rhos = sorted({*config.sweep, config.rho})
     kfac_points, kept = [], []
@@ -134,15 +107,15 @@ def _run(
     if config.match_svd:
         matched = _match_svd(model, names, kfac.perplexity, measure, (energies, svd_points))
 
-    spectrum = _spectrum(model, data, bases, names, memorized, config.rho)
+    spectrum = _spectrum(model, canaries, bases, names, memorized, config.rho)
     metrics = _metrics(
-        config, data, groups, memorized, base, kfac, matched, factors, bases, rhos, kept
+        config, canaries, groups, memorized, base, kfac, matched, factors, bases, rhos, kept
     )
     for group in ("memorized", "unseen"):
         metrics[f"low_curvature_use_{group}"] = float(spectrum[f"ratio_kfac_{group}"][:, -1].mean())
     arrays = _arrays(
         model,
-        data,
+        canaries,
         groups,
         memorized,
         base,
@@ -154,23 +127,12 @@ def _run(
         (energies, svd_points, svd_ranks),
         spectrum,
     )
-    result = ProbeResult(
-        probe=NAME,
-        metrics=metrics,
-        arrays=arrays,
-        figures={},
-        provenance=run_provenance(NAME, model, config, started),
-        summary=_summary(model.spec, metrics),
-    )
-    from probes.curvature.plots import figures
-
-    result.figures = figures(result)
-    return result
+    return Findings(metrics, arrays, _summary(model.spec, metrics))
 
 
 def factors_for(model: LoadedModel, config: Config, data: CanarySet) -> KFACFactors:
-    """K-FAC factors of the configured weights over the data's factor text, as ``run`` uses."""
-    validate(config)
+    """K-FAC factors of the configured weights over the canaries' factor text, as ``run``
+    collects them: pass them back in ``CurvatureData(canaries, factors)`` to reuse them."""
     with torch_threads(config.threads):
         return collect_factors(
             model,
@@ -211,7 +173,7 @@ def _match_svd(
     model: LoadedModel,
     names: list[str],
     target: float,
-    measure,
+    measure: Callable[[dict | None], Evaluation],
     sweep: tuple[list[float], list[Evaluation]],
 ) -> dict:
     """Bisect the SVD energy until its perplexity matches ``target``.
@@ -225,7 +187,7 @@ def _match_svd(
     above = [x for x, p in zip(xs, points, strict=True) if p.perplexity > target]
     lo = max(below, default=-7.0)
     hi = min(above, default=-0.05)
-    best = None
+    best: dict[str, Any] | None = None
     bar = tqdm(range(MATCH_STEPS), desc="SVD at matched perplexity", unit="step")
     for _ in bar:
         x = 0.5 * (lo + hi)
@@ -243,6 +205,7 @@ def _match_svd(
         if abs(gap) <= MATCH_TOLERANCE * target:
             break
     bar.close()
+    assert best is not None  # MATCH_STEPS >= 1
     best["rank_share"] = _rank_share(model, best["ranks"])
     return best
 
@@ -301,7 +264,7 @@ def _spectrum(
             basis = bases[name]
             weight = model.weight(name).detach()
             counts = [compute.select_by_mass(basis.lam, basis.mu, e) for e in edges]
-            views = {
+            views: dict[str, tuple[torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]] = {
                 "kfac": (
                     compute.coordinates(weight, basis),
                     basis.u_a,
@@ -374,10 +337,10 @@ def _metrics(
 ) -> dict:
     b = _state(base, data, groups, memorized)
     k = _state(kfac, data, groups, memorized)
-    mass95 = [
-        float(np.interp(0.95, *compute.mass_curve(basis.lam, basis.mu)[::-1]))
-        for basis in bases.values()
-    ]
+    mass95 = []
+    for basis in bases.values():
+        components, mass = compute.mass_curve(basis.lam, basis.mu)
+        mass95.append(float(np.interp(0.95, mass, components)))
     metrics = {
         "rho": config.rho,
         "strict_before": b["strict_memorized"],

@@ -33,11 +33,15 @@ class CurvatureExplorer(widgets.VBox):
         self.table = FigureView(recitation_table(result))
         self._quiet = False
         self.method.observe(lambda _change: self._reset_slider(), names="value")
-        self.strength.observe(lambda _change: self._quiet or self.redraw(), names="value")
+        self.strength.observe(self._on_strength, names="value")
         super().__init__(
             [widgets.HBox([self.method, self.strength]), self.info, self.tradeoff, self.table]
         )
         self._reset_slider()
+
+    def _on_strength(self, _change: object) -> None:
+        if not self._quiet:
+            self.redraw()
 
     @property
     def prefix(self) -> str:
@@ -83,4 +87,5 @@ class CurvatureExplorer(widgets.VBox):
 
     def table_column(self, column: int) -> np.ndarray:
         """The text of one table column as shown (for tests and copying)."""
+        assert self.table.figure is not None  # drawn in __init__
         return np.asarray(self.table.figure.data[0].cells.values[column])

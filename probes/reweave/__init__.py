@@ -1,18 +1,12 @@
 """reweave: contextual memory reweaving (earlier layers' states woven into a later layer),
-its effect on recall with length, and what it does to attention."""
+its effect on recall with length, and what it does to attention.
 
-from probes.reweave.config import Config
-from probes.reweave.operator import Memory, Reweaving, capture_memory, reweave
+``run(model, config, data)`` takes texts of your own for the attention measurements as ``data``.
+The operator itself (``Reweaving``, the ``reweave`` context manager, ``capture_memory``) lives in
+``probes.reweave.operator``.
+"""
+
+from probes.reweave.config import METRICS, Config
 from probes.reweave.probe import DEFAULT_MODELS, FAMILIES, NAME, run
 
-__all__ = [
-    "DEFAULT_MODELS",
-    "FAMILIES",
-    "NAME",
-    "Config",
-    "Memory",
-    "Reweaving",
-    "capture_memory",
-    "reweave",
-    "run",
-]
+__all__ = ["DEFAULT_MODELS", "FAMILIES", "METRICS", "NAME", "Config", "run"]

@@ -23,25 +23,13 @@ from workbench.models import LoadedModel
 
 def encode(model: LoadedModel, texts: Sequence[str]) -> dict[str, torch.Tensor]:
     batch = model.encode_texts(list(texts))
-    limit = context_length(model)
+    limit = model.context_length
     if limit is not None and batch["input_ids"].shape[1] > limit:
         raise DataError(
             f"a prompt is {batch['input_ids'].shape[1]} tokens but {model.spec} reads at most "
-            f"{limit}; ask for shorter lengths"
+            f"{limit}; ask for shorter lengths or pass shorter texts"
         )
     return batch
-
-
-def context_length(model: LoadedModel) -> int | None:
-    """How many positions the model reads (its position table), if it says."""
-    cfg = getattr(model.model, "config", None)
-    if model.backend == "transformer-lens":
-        return int(model.model.cfg.n_ctx)
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(cfg, key, None)
-        if value:
-            return int(value)
-    return None
 
 
 def output_tensor(out: object) -> torch.Tensor:
@@ -64,20 +52,10 @@ def forward(
     grad: bool = False,
 ) -> torch.Tensor:
     """One forward pass, base or reweaved; logits (causal LMs) or last hidden states."""
-
-    def run() -> torch.Tensor:
-        if not grad:
-            return output_tensor(model(**batch))
-        if model.backend == "transformer-lens":
-            out = model.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-        else:
-            out = model.model(**model.forward_kwargs(batch))
-        return output_tensor(out)
-
     if op is None:
-        return run()
+        return output_tensor(model.forward(batch, grad=grad))
     with reweave(model, op, gate=gate, attention_mask=batch.get("attention_mask")):
-        return run()
+        return output_tensor(model.forward(batch, grad=grad))
 
 
 def _batches(items: Sequence, size: int) -> list[Sequence]:

@@ -42,6 +42,12 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
 
+def check_gate(gate: float) -> None:
+    """Refuse a gate outside [0, 1] (NaN included): it would extrapolate past ``h`` or ``m``."""
+    if not 0.0 <= gate <= 1.0:
+        raise DataError(f"the gate must lie in [0, 1]; got {gate}")
+
+
 class Reweaving(nn.Module):
     """Parameters of one reweaving: sources, destination, weights, projection, gate, read.
 
@@ -75,8 +81,7 @@ class Reweaving(nn.Module):
             raise DataError(f"unknown read {read!r}; choose one of {', '.join(READS)}")
         if gate_kind not in GATES:
             raise DataError(f"unknown gate kind {gate_kind!r}; choose one of {', '.join(GATES)}")
-        if not 0.0 <= gate <= 1.0:
-            raise DataError(f"the gate must lie in [0, 1]; got {gate}")
+        check_gate(gate)
         self.sources = sources
         self.target = int(target)
         self.d_model = int(d_model)
@@ -113,7 +118,8 @@ class Reweaving(nn.Module):
     def reconstruct(self, states: list[torch.Tensor]) -> torch.Tensor:
         """``r = sum_l w_l LN(h_l)`` over the source states (each (batch, seq, d))."""
         w = self.weights().to(states[0].dtype)
-        return sum(w[i] * layer_norm(h) for i, h in enumerate(states))
+        start = torch.zeros((), dtype=w.dtype)
+        return sum((w[i] * layer_norm(h) for i, h in enumerate(states)), start)
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
         """``P r = p * r + b``: the reconstruction at the destination's scale."""
@@ -256,6 +262,8 @@ def reweave(
     forward. With ``keep`` the yielded trace holds the destination before and after.
     """
     _check_sites(model, op)
+    if gate is not None:
+        check_gate(gate)
     trace = ReweaveTrace()
     causal = model.family == "causal-lm" and memory is None
 

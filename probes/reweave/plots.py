@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -223,7 +224,9 @@ def stat_grid_figure(result: ProbeResult, stat: str) -> go.Figure:
     k = STATS.index(stat)
     conds = conditions(result)
     base = a["attention_stats"][0, k]
-    panels = [("base model", base, "Viridis", None)]
+    panels: list[tuple[str, np.ndarray, str, float | None]] = [
+        ("base model", base, "Viridis", None)
+    ]
     for c, cond in enumerate(conds[1:], start=1):
         panels.append(
             (f"{CONDITION_NAMES[cond]} − base", a["attention_stats"][c, k] - base, "RdBu_r", 0.0)
@@ -328,7 +331,7 @@ def map_figure(
         layer, head = (int(x) for x in a["example_most_changed"])
     values = {"base": base, "reweaved": other, "difference": other - base}[which]
     span = float(np.abs(other - base).max()) or 1e-9
-    kwargs = (
+    kwargs: dict[str, Any] = (
         {"colorscale": "RdBu_r", "zmid": 0.0, "zmin": -span, "zmax": span}
         if which == "difference"
         else {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0}

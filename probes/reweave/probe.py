@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -18,39 +16,17 @@ from probes.reweave.data import (
     sentences,
     token_labels,
 )
-from probes.reweave.operator import READS, Reweaving
+from probes.reweave.operator import Reweaving
+from probes.reweave.plots import figures
 from workbench.data import recall
 from workbench.errors import DataError
 from workbench.models import LoadedModel
-from workbench.probe import check_family
-from workbench.results import ProbeResult, run_provenance
+from workbench.probe import Findings, run_frame
 
 NAME = "reweave"
 FAMILIES = ("causal-lm", "encoder")
 DEFAULT_MODELS = ("zoo:neox-recall", "zoo:minilm")
 MAX_AUTO_LENGTH = 256
-
-
-def validate(config: Config) -> None:
-    """Refuse impossible settings before any forward pass."""
-    if not 0.0 <= config.gate <= 1.0 or not 0.0 < config.learned_gate_init < 1.0:
-        raise DataError("gate must lie in [0, 1] and learned_gate_init in (0, 1)")
-    if config.read not in READS:
-        raise DataError(f"read must be one of {', '.join(READS)}; got {config.read!r}")
-    if config.learned_gate not in ("scalar", "vector"):
-        raise DataError(f"learned_gate must be scalar or vector; got {config.learned_gate!r}")
-    bad = [t for t in config.tasks if t not in recall.TASKS]
-    if bad or not config.tasks:
-        raise DataError(f"tasks must be taken from {', '.join(recall.TASKS)}; got {config.tasks}")
-    if any(g < 0 or g > 1 for g in config.gate_sweep) or not config.gate_sweep:
-        raise DataError("gate_sweep needs gates in [0, 1]")
-    if min(config.lengths, default=16) < 8:
-        raise DataError("recall prompts need lengths of at least 8")
-    for name in ("n_prompts", "copy_prompts", "attention_prompts", "fit_batch", "batch_size"):
-        if getattr(config, name) < 1:
-            raise DataError(f"{name} must be at least 1")
-    if config.fit_steps < 0 or config.copy_buckets < 1 or config.max_map_tokens < 4:
-        raise DataError("fit_steps >= 0, copy_buckets >= 1 and max_map_tokens >= 4, please")
 
 
 def resolve_layers(model: LoadedModel, config: Config) -> tuple[tuple[int, ...], int]:
@@ -71,7 +47,7 @@ def resolve_layers(model: LoadedModel, config: Config) -> tuple[tuple[int, ...],
 def resolve_lengths(model: LoadedModel, vocab: Vocabulary, config: Config) -> list[int]:
     if config.lengths:
         return sorted(set(config.lengths))
-    limit = measure.context_length(model) or MAX_AUTO_LENGTH
+    limit = model.context_length or MAX_AUTO_LENGTH
     top = min(limit, MAX_AUTO_LENGTH)
     if not vocab.one_token_per_word:
         top //= 2  # lengths count words, which are often more than one token
@@ -82,19 +58,35 @@ def resolve_lengths(model: LoadedModel, vocab: Vocabulary, config: Config) -> li
     return lengths
 
 
-def run(model: LoadedModel, config: Config | None = None) -> ProbeResult:
-    """Does re-injecting earlier layers' states help recall, and how does attention change?"""
-    started = time.time()
-    config = config or Config()
-    check_family(model, FAMILIES, NAME)
-    validate(config)
+def check(model: LoadedModel, config: Config) -> None:
+    """Source and destination blocks that exist, and recall lengths the model can read."""
+    resolve_layers(model, config)
+    limit = model.context_length
+    if limit is not None and model.family == "causal-lm" and max(config.lengths, default=0) > limit:
+        raise DataError(
+            f"{model.spec} reads at most {limit} tokens but lengths={config.lengths} asks for "
+            f"more; ask for lengths up to {limit}"
+        )
+
+
+@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
+def run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings:
+    """Does re-injecting earlier layers' states help recall, and how does attention change?
+
+    ``data`` are texts of your own for the attention statistics (they also calibrate the
+    destination's scale and, for encoders, the gate sweep); None: recall prompts (causal LMs)
+    or neutral sentences (encoders).
+    """
+    check_texts(data)
     sources, target = resolve_layers(model, config)
     causal = model.family == "causal-lm"
     vocab = recall_vocabulary(model) if causal else None
     lengths = resolve_lengths(model, vocab, config) if vocab is not None else []
     torch.manual_seed(config.seed)
 
-    if vocab is not None:
+    if data is not None:
+        attention_texts = list(data)
+    elif vocab is not None:
         per_task = max(1, config.attention_prompts // len(config.tasks))
         length = config.attention_length
         attention_texts = [
@@ -138,18 +130,19 @@ def run(model: LoadedModel, config: Config | None = None) -> ProbeResult:
     _example(model, config, vocab, ops, arrays)
     metrics.update(_attention_metrics(stats, list(ops), target))
     metrics["headline"] = _headline(metrics, causal)
-    result = ProbeResult(
-        probe=NAME,
-        metrics=metrics,
-        arrays=arrays,
-        figures={},
-        provenance=run_provenance(NAME, model, config, started),
-        summary=_summary(model.spec, metrics, list(ops), causal),
-    )
-    from probes.reweave.plots import figures
+    return Findings(metrics, arrays, _summary(model.spec, metrics, list(ops), causal))
 
-    result.figures = figures(result)
-    return result
+
+def check_texts(texts: object) -> None:
+    """``data`` is None or a non-empty list of non-empty texts."""
+    if texts is None:
+        return
+    if isinstance(texts, str) or not isinstance(texts, list | tuple):
+        raise DataError(
+            f"data must be a list of texts (or None for the default); got {type(texts).__name__}"
+        )
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise DataError("data must hold at least one text, and every text must be a non-empty str")
 
 
 # -- causal LMs: recall, copying, fit, gate sweep -----------------------------------------------
@@ -230,6 +223,8 @@ def _recall_part(
             batch = model.encode_texts([p.text for p in group[:4]])
             token_lengths[k, j] = float(batch["attention_mask"].sum(-1).float().mean())
     arrays["recall_accuracy"] = accuracy
+    for c, cond in enumerate(ops):
+        arrays[f"recall_by_length_{cond}"] = accuracy[c].mean(axis=0)
     arrays["recall_chance"] = np.array(
         [
             [
@@ -312,11 +307,11 @@ def _encoder_sweep(
     change = []
     for g in tqdm(config.gate_sweep, desc="gate sweep", leave=False):
         other = measure.final_states(model, texts, fixed, gate=g, batch_size=config.batch_size)
-        cos = [
+        per_text = [
             torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()
             for a, b in zip(base, other, strict=True)
         ]
-        change.append(float(1 - torch.stack(cos).mean()))
+        change.append(float(1 - torch.stack(per_text).mean()))
     arrays["sweep_gates"] = np.array(config.gate_sweep, dtype=float)
     arrays["sweep_change"] = np.array(change)
     at_gate = measure.final_states(model, texts, fixed, batch_size=config.batch_size)

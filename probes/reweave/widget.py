@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -124,7 +125,7 @@ class ReweaveExplorer(widgets.VBox):
     def redraw(self) -> None:
         base, other = self.patterns()
         span = float(np.abs(other - base).max()) or 1e-9
-        panels = {
+        panels: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
             "base": (base, {"zmin": 0.0, "zmax": 1.0}),
             "reweaved": (other, {"zmin": 0.0, "zmax": 1.0}),
             "difference": (
@@ -167,6 +168,7 @@ class ReweaveExplorer(widgets.VBox):
 
     def highlighted_lines(self) -> list[int]:
         """Indices of head-view traces drawn for the highlighted query (for tests)."""
+        assert self.head_view.figure is not None  # drawn in __init__
         return [
             i
             for i, t in enumerate(self.head_view.figure.data)
