@@ -84,11 +84,11 @@ def _curves(
         if metric.key not in result.arrays:
             continue
         y = np.asarray(result.arrays[metric.key], dtype=float).reshape(-1)
-        x = result.arrays.get(metric.over or "")
-        x = [str(v) for v in x] if x is not None and len(x) == len(y) else list(range(len(y)))
+        names = result.arrays.get(metric.over or "")
+        x = [str(v) for v in names] if names is not None and len(names) == len(y) else None
         fig.add_trace(
             go.Scatter(
-                x=x,
+                x=x if x is not None else list(range(len(y))),
                 y=100 * y if metric.percent else y,
                 mode="lines+markers",
                 name=label,

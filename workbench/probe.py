@@ -199,11 +199,15 @@ class Findings:
 
 C = TypeVar("C", bound=ProbeConfig)
 D = TypeVar("D")
+C_in = TypeVar("C_in", bound=ProbeConfig, contravariant=True)
+D_in = TypeVar("D_in", contravariant=True)
 
 
-class ProbeRun(Protocol[C, D]):
+class ProbeRun(Protocol[C_in, D_in]):
+    """The public ``run`` a probe exports: config and data optional."""
+
     def __call__(
-        self, model: LoadedModel, config: C | None = None, data: D | None = None
+        self, model: LoadedModel, config: C_in | None = None, data: D_in | None = None
     ) -> ProbeResult: ...
 
 

@@ -19,8 +19,8 @@ from workbench.errors import DataError
 
 def gather(activations: torch.Tensor, positions: np.ndarray, site: str = "") -> np.ndarray:
     """Rows ``activations[input, token]`` for each position, as float32, refusing NaN/inf."""
-    x = activations[torch.as_tensor(positions[:, 0]), torch.as_tensor(positions[:, 1])]
-    x = x.float().numpy()
+    rows = activations[torch.as_tensor(positions[:, 0]), torch.as_tensor(positions[:, 1])]
+    x = rows.float().numpy()
     if not np.isfinite(x).all():
         raise DataError(f"activations at {site or 'a site'} contain NaN or inf; check the model")
     return x

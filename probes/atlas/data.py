@@ -68,10 +68,13 @@ def scene_patches(model: LoadedModel, n: int, *, seed: int = 0) -> LabelledPosit
 
     Background patches are left out: the question is whether the model separates object classes.
     """
-    scenes = make_scenes(n, size=model.image_size, seed=seed)
-    per_patch = patch_labels(scenes.class_ids, model.patch_size)
+    size, patch = model.image_size, model.patch_size
+    if size is None or patch is None:
+        raise DataError(f"the scenes dataset needs a vision model; {model.spec} reads text")
+    scenes = make_scenes(n, size=size, seed=seed)
+    per_patch = patch_labels(scenes.class_ids, patch)
     image_idx, patch_idx = np.nonzero(per_patch > 0)
-    side = model.image_size // model.patch_size
+    side = size // patch
     names = tuple(scenes.class_names[1:])
     labels = per_patch[image_idx, patch_idx].astype(np.int64) - 1
     rows, cols = patch_idx // side, patch_idx % side

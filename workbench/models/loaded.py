@@ -136,7 +136,7 @@ class LoadedModel:
         """The (out, in) matrix ``name`` as a view of the parameter: edits write through."""
         self._check_weight(name)
         w = self.weights[name]
-        matrix = self.parameter(name)
+        matrix: torch.Tensor = self.parameter(name)
         matrix = matrix.T if w.transposed else matrix
         if w.rows is not None:
             matrix = matrix[w.rows[0] : w.rows[1]]
@@ -182,7 +182,7 @@ class LoadedModel:
 
     @property
     def n_patches(self) -> int:
-        if not self.is_vision or not self.patch_size:
+        if self.image_size is None or not self.patch_size:
             raise DataError(f"{self.spec} is a {self.family} model and has no image patches")
         return (self.grid_size or self.image_size // self.patch_size) ** 2
 
@@ -233,7 +233,7 @@ class LoadedModel:
         Hugging Face causal LMs would build a key/value cache on every pass; a probe's single
         pass never reads it, so it is switched off unless the batch asks for it.
         """
-        kwargs = dict(batch)
+        kwargs: dict[str, Any] = dict(batch)
         if self.backend == "hf" and self.family == "causal-lm":
             kwargs.setdefault("use_cache", False)
         if "noise" in self.extra_forward_kwargs:
