@@ -247,13 +247,35 @@ class LoadedModel:
         return self.forward(batch)
 
     def forward(self, batch: Mapping[str, torch.Tensor], *, grad: bool = False) -> Any:
-        """One forward pass, with gradients when ``grad`` (for attributions, fits, K-FAC)."""
+        """One forward pass, with gradients when ``grad`` (for attributions, fits, K-FAC).
+
+        Inputs move to ``self.device`` first, so callers may keep their batches on the CPU.
+        """
+        device = self.device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.set_grad_enabled(grad):
             if self.backend == "transformer-lens":
                 return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
             return self.model(**self.forward_kwargs(dict(batch)))
 
     # -- facts probes need ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the input embedding (the first parameter otherwise).
+
+        A model split across devices takes its inputs where its first layer lives; probes put
+        the tensors they fit (probe weights, factors) here too.
+        """
+        embeddings = getattr(self.model, "get_input_embeddings", None)
+        module = embeddings() if callable(embeddings) else None
+        for source in (module, self.model):
+            if source is None:
+                continue
+            for tensor in (*source.parameters(), *source.buffers()):
+                if tensor.device.type != "meta":
+                    return tensor.device
+        return torch.device("cpu")
+
     @property
     def config(self) -> Any:
         """The model's configuration object (read it; changing it changes nothing reliably)."""
