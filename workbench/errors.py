@@ -27,3 +27,9 @@ class SiteError(WorkbenchError):
 
 class OutputExistsError(WorkbenchError):
     """An output folder already holds another run."""
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an underlying error, to quote inside a one-line WorkbenchError."""
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
