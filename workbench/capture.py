@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import DataError
 from workbench.models.loaded import LoadedModel
+from workbench.staging import sweep_stale, temp_dir, temp_prefix
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor | None]
 Inputs = Mapping[str, torch.Tensor] | np.ndarray | torch.Tensor | Sequence[str]
@@ -179,7 +180,8 @@ def capture(
 
     Buffers are allocated once from the first batch's shapes. When all of them together would
     exceed ``memory_budget`` bytes they are memory-mapped ``.npy`` files in ``spill_dir`` (a
-    temporary folder by default, deleted with the cache).
+    temporary folder by default, deleted with the cache). A capture that fails removes the files
+    it spilled, also from a ``spill_dir`` you gave.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -204,9 +206,7 @@ def capture(
                     raise DataError(f"sites {missing} were not reached by the forward pass")
                 bar.update(stop - start)
     except BaseException:
-        store.buffers.clear()
-        if store.owns_spill_dir and store.spill_dir is not None:
-            shutil.rmtree(store.spill_dir, ignore_errors=True)
+        store.discard()
         raise
     cache = ActivationCache(
         {name: store.buffers[name] for name in sites},
@@ -237,6 +237,8 @@ class _Store:
         self.budget_left = memory_budget
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self.owns_spill_dir = spill_dir is None
+        self.created_spill_dir = False
+        self.spilled: list[Path] = []
         self.dtype = dtype
         self.check_finite = check_finite
         self.buffers: dict[str, torch.Tensor] = {}
@@ -257,6 +259,19 @@ class _Store:
 
         return record
 
+    def discard(self) -> None:
+        """Drop every buffer and delete every file this capture spilled (after a failure)."""
+        self.buffers.clear()
+        if self.spill_dir is None:
+            return
+        if self.owns_spill_dir:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            return
+        for path in self.spilled:
+            path.unlink(missing_ok=True)
+        if self.created_spill_dir:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
     def _allocate(self, name: str, value: torch.Tensor) -> torch.Tensor:
         dtype = self.dtype or value.dtype
         shape = (self.n, *value.shape[1:])
@@ -265,10 +280,13 @@ class _Store:
             self.budget_left -= nbytes
             return torch.empty(shape, dtype=dtype)
         if self.spill_dir is None:
-            self.spill_dir = Path(tempfile.mkdtemp(prefix="wb-capture-"))
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+            sweep_stale(temp_dir())  # spill folders of killed captures
+            self.spill_dir = Path(tempfile.mkdtemp(prefix=temp_prefix("capture")))
+        elif not self.spill_dir.is_dir():
+            self.spill_dir.mkdir(parents=True)
+            self.created_spill_dir = True
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        arr = np.lib.format.open_memmap(
-            self.spill_dir / f"{name}.npy", mode="w+", dtype=np_dtype, shape=shape
-        )
+        path = self.spill_dir / f"{name}.npy"
+        self.spilled.append(path)
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
         return torch.from_numpy(arr)

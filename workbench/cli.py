@@ -1,15 +1,21 @@
-"""The ``workbench`` command: list, run, demo, report, export, compare, zoo."""
+"""The ``workbench`` command: list, run, demo, report, export, compare, zoo.
+
+Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
+a traceback.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, one_line
 
 app = typer.Typer(
     help="Interpretability workbench: run probes headlessly and build reports.",
@@ -21,16 +27,27 @@ zoo_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
-def _fail(err: WorkbenchError) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+def _describe(err: Exception) -> str:
+    """One line for a WorkbenchError, or for an OSError (a full disk, a vanished folder)."""
+    if isinstance(err, OSError):
+        return f"{one_line(err)} (check the path, its permissions and the free disk space)"
+    return " ".join(str(err).split())
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except (WorkbenchError, OSError) as err:
+        typer.secho(f"error: {_describe(err)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("list")
 def list_cmd() -> None:
     """Probes (with accepted families, presets, default models) and zoo models."""
     from workbench.probe import get_probe, presets_of, probe_names
-    from workbench.zoo import list_zoo, zoo_path
+    from workbench.zoo import list_zoo, zoo_state
 
     typer.echo("probes:")
     for name in probe_names():
@@ -46,11 +63,7 @@ def list_cmd() -> None:
     entries = list_zoo()
     width = max(len(e.name) for e in entries)
     for entry in entries:
-        try:
-            zoo_path(entry.name)
-            state = "ready"
-        except WorkbenchError:
-            state = "not built"
+        state = zoo_state(entry.name)
         typer.echo(f"  {entry.name:<{width}} {entry.family:<10} {state:<10} {entry.description}")
 
 
@@ -68,7 +81,7 @@ def run(
     from workbench.probe import parse_params
     from workbench.runner import execute, plan_run
 
-    try:
+    with _one_line_errors():
         plan = plan_run(
             probe,
             model,
@@ -79,8 +92,6 @@ def run(
         )
         started = time.time()
         folder = execute(plan, notebook=notebook)
-    except WorkbenchError as err:
-        _fail(err)
     typer.echo(f"{probe} on {plan.model}: {folder} ({time.time() - started:.0f} s)")
 
 
@@ -96,7 +107,7 @@ def demo(
     from workbench.runner import execute, plan_run, result_folder_name
 
     failures = []
-    try:
+    with _one_line_errors():
         for name in probe or probe_names():
             for spec in get_probe(name).DEFAULT_MODELS:
                 folder = out / result_folder_name(name, spec)
@@ -104,14 +115,12 @@ def demo(
                 typer.echo(f"== {name} on {spec} -> {folder}")
                 try:
                     execute(plan_run(name, spec, out=folder, overwrite=True), notebook=notebook)
-                except WorkbenchError as err:
-                    failures.append(f"{name} on {spec}: {err}")
-                    typer.secho(f"   failed: {err}", fg=typer.colors.RED, err=True)
+                except (WorkbenchError, OSError) as err:
+                    failures.append(f"{name} on {spec}: {_describe(err)}")
+                    typer.secho(f"   failed: {_describe(err)}", fg=typer.colors.RED, err=True)
                     continue
                 typer.echo(f"   done in {time.time() - started:.0f} s")
         index = build_report(out)
-    except WorkbenchError as err:
-        _fail(err)
     typer.echo(f"report: {index}")
     if failures:
         typer.secho(f"{len(failures)} run(s) failed", fg=typer.colors.RED, err=True)
@@ -127,10 +136,8 @@ def report(
     """Build an offline index.html gallery of every result under RESULTS."""
     from workbench.report import build_report
 
-    try:
+    with _one_line_errors():
         typer.echo(build_report(results))
-    except WorkbenchError as err:
-        _fail(err)
 
 
 @app.command()
@@ -146,7 +153,7 @@ def export(
     from workbench.figures import DEFAULT_FORMATS, export_figures
     from workbench.results import ProbeResult
 
-    try:
+    with _one_line_errors():
         loaded = ProbeResult.load(result)
         names = figure or list(loaded.figures)
         unknown = [n for n in names if n not in loaded.figures]
@@ -157,8 +164,6 @@ def export(
         written = export_figures(
             {n: loaded.figures[n] for n in names}, out, tuple(fmt or DEFAULT_FORMATS)
         )
-    except WorkbenchError as err:
-        _fail(err)
     for paths in written.values():
         for path in paths:
             if path.suffix != ".json":
@@ -177,11 +182,9 @@ def compare(
     from workbench.compare import compare_figures, load_runs
     from workbench.figures import DEFAULT_FORMATS, export_figures
 
-    try:
+    with _one_line_errors():
         figures = compare_figures(load_runs(runs))
         written = export_figures(figures, out, tuple(fmt or DEFAULT_FORMATS))
-    except WorkbenchError as err:
-        _fail(err)
     for paths in written.values():
         for path in paths:
             if path.suffix != ".json":
@@ -191,13 +194,15 @@ def compare(
 @zoo_app.command("list")
 def zoo_list() -> None:
     """Embedded models, their family, and whether they are built."""
-    from workbench.zoo import list_zoo, zoo_path
+    from workbench.zoo import ZooChecksumError, list_zoo, zoo_path
 
     entries = list_zoo()
     width = max(len(e.name) for e in entries)
     for entry in entries:
         try:
             where = str(zoo_path(entry.name))
+        except ZooChecksumError:
+            where = f"corrupt (rebuild: workbench zoo build {entry.name})"
         except WorkbenchError:
             where = f"not built (workbench zoo build {entry.name})"
         typer.echo(f"{entry.name:<{width}} {entry.family:<10} seed {entry.seed:<4} {where}")
@@ -211,10 +216,8 @@ def zoo_build(
     """Rebuild a zoo model from its recipe and seed."""
     from workbench.zoo import build
 
-    try:
+    with _one_line_errors():
         metrics = build(name, out)
-    except WorkbenchError as err:
-        _fail(err)
     for key, value in metrics.items():
         typer.echo(f"  {key}: {value}")
 

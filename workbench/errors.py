@@ -35,3 +35,9 @@ class ConfigError(WorkbenchError):
 
 class ResourceError(WorkbenchError):
     """A run ran out of memory or another resource; the message says what to lower."""
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an underlying error, to quote inside a one-line WorkbenchError."""
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__

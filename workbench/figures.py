@@ -24,6 +24,7 @@ import plotly.io as pio
 from choreographer.errors import BrowserFailedError, ChromeNotFoundError
 
 from workbench.errors import DataError, WorkbenchError
+from workbench.staging import sibling_name, sweep_stale
 
 TEMPLATE = "workbench"
 """Name of the registered template; pass ``template=TEMPLATE`` to plotly express calls."""
@@ -69,7 +70,8 @@ BROWSER_PATHS = (
     "/Applications/Chromium.app/Contents/MacOS/Chromium",
 )
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+FIGURE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""What a figure name may be: it becomes a file name."""
 
 
 # -- the look ----------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def _no_browser_error() -> WorkbenchError:
 # -- export ------------------------------------------------------------------------------------
 def check_figure_name(name: str) -> None:
     """Figure names become file names, so keep them to letters, digits, ``_``, ``.``, ``-``."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not FIGURE_NAME_RE.fullmatch(name):
         raise DataError(
             f"Figure name {name!r} cannot be a file name. Use letters, digits, '_', '.' or '-', "
             "starting with a letter or digit (e.g. 'accuracy_by_layer')."
@@ -333,7 +335,8 @@ def write_plotlyjs(folder: str | Path) -> Path:
     folder = Path(folder)
     source = Path(pio.__file__).parent.parent / "package_data" / "plotly.min.js"
     target = folder / "plotly.min.js"
-    tmp = folder / f".plotly.min.js.tmp-{os.getpid()}"
+    sweep_stale(folder)
+    tmp = folder / sibling_name(target.name, "tmp")
     try:
         if source.is_file():
             shutil.copyfile(source, tmp)

@@ -6,6 +6,9 @@ summary, headline metrics, all metrics and provenance (folded), and every figure
 interactively from its plotly JSON, with links to its PNG/SVG/HTML files and the executed
 notebook. The page needs no network: no CDN, and plotly.js is stored once, not per figure.
 Figures are drawn when scrolled into view, so a page with many of them still opens quickly.
+
+Result folders are untrusted input: a malformed one is skipped with a warning, and nothing is
+read or linked from outside a result's own folder.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, one_line
 from workbench.figures import write_plotlyjs
-from workbench.results import FIGURES_DIR, RESULT_FILE, headline_metrics, read_record
+from workbench.results import FIGURES_DIR, RESULT_FILE, headline_metrics, path_inside, read_record
+from workbench.staging import sibling_name, sweep_stale
 
 INDEX_FILE = "index.html"
 _LINK_ORDER = {".html": 0, ".png": 1, ".svg": 2, ".pdf": 3, ".json": 4}
@@ -60,10 +63,11 @@ def build_report(results_dir: str | Path, *, title: str = "Workbench results") -
             "first, e.g. `workbench run ...`, or point build_report at the folder it saved to."
         )
     entries.sort(key=lambda e: (e.probe, e.model, e.rel))
+    sweep_stale(root)
     write_plotlyjs(root)
     page = _page(root, entries, skipped, title)
     target = root / INDEX_FILE
-    tmp = root / f".{INDEX_FILE}.tmp-{secrets.token_hex(4)}"
+    tmp = root / sibling_name(INDEX_FILE, "tmp")
     try:
         tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, target)
@@ -139,9 +143,23 @@ def _table(rows: dict[str, Any], css: str = "kv") -> str:
     return f'<table class="{css}">{body}</table>'
 
 
-def _script_json(text: str) -> str:
-    """JSON made safe to sit inside a <script> element ("</" cannot end it early)."""
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+def _script_json(value: Any) -> str:
+    """JSON text that can sit inside a <script> element and still parse as the same value.
+
+    ``<``, ``>`` and ``&`` only occur inside JSON strings, where their ``\\u`` escapes mean the
+    same characters, so no ``</script>`` or ``<!--`` can appear while every string round-trips.
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _figure_json(entry: _Entry, name: str) -> str:
+    """The figure's plotly JSON, read from inside the result folder, ready to embed."""
+    path = path_inside(entry.folder, f"{FIGURES_DIR}/{name}.json")
+    figure = json.loads(path.read_bytes().decode("utf-8"), parse_constant=lambda _: None)
+    if not isinstance(figure, dict):
+        raise ValueError(f"it holds a JSON {type(figure).__name__}, not a plotly figure")
+    return _script_json(figure)
 
 
 def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
@@ -155,17 +173,13 @@ def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
             f'<a href="{_href(entry.rel, f)}">{_esc(Path(f).suffix.lstrip(".").upper())}</a>'
             for f in files
         ]
-        json_path = entry.folder / FIGURES_DIR / f"{name}.json"
         try:
-            text = json_path.read_text(encoding="utf-8")
-            json.loads(text)  # a broken file is reported instead of drawn
-        except (OSError, json.JSONDecodeError) as exc:
-            body = f'<p class="missing">Cannot draw {_esc(name)}: {_esc(exc)}</p>'
+            embedded = _figure_json(entry, name)
+        except (WorkbenchError, OSError, ValueError, RecursionError) as exc:
+            body = f'<p class="missing">Cannot draw {_esc(name)}: {_esc(one_line(exc))}</p>'
         else:
             script_id = f"fig-{index}-{number}"
-            scripts.append(
-                f'<script type="application/json" id="{script_id}">{_script_json(text)}</script>'
-            )
+            scripts.append(f'<script type="application/json" id="{script_id}">{embedded}</script>')
             body = f'<div class="plot" data-src="{script_id}"></div>'
         cards.append(
             '<figure class="card">'

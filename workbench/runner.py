@@ -1,8 +1,11 @@
 """Headless probe runs: ``notebooks/<probe>.ipynb`` under papermill, or the probe function directly.
 
 Every check that can fail cheaply (probe name, parameters, model spec and family, output
-folder) runs before the kernel starts. The run writes into a hidden staging folder beside the
-output and moves it into place only when complete, so a failed run leaves nothing behind.
+folder) runs before the kernel starts. The run holds the output folder's lock from before the
+model loads until its result is in place, so a second run to the same folder is refused at
+once. It writes into a hidden staging folder beside the output and moves it into place only
+when complete, so a failed run leaves nothing behind, and it first removes what killed runs
+left there and in the temporary folder.
 """
 
 from __future__ import annotations
@@ -15,8 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import OutputExistsError, WorkbenchError
+from workbench.errors import WorkbenchError
 from workbench.probe import check_family, get_probe, make_config, probe_folder
+from workbench.results import check_output
+from workbench.staging import (
+    check_writable,
+    output_lock,
+    sibling_name,
+    swap_into_place,
+    sweep_stale,
+    temp_dir,
+    temp_prefix,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -53,29 +66,23 @@ def plan_run(
     check_family(probe, module.FAMILIES, model, peek_family(model))
     out = Path(out).absolute()  # the notebook runs in notebooks/, so relative paths would move
     check_output(out, overwrite)
+    check_writable(out)
     return RunPlan(probe, model, preset, dict(params or {}), out, overwrite)
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} is a file; choose a folder for the results")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "another run" if (out / "result.json").exists() else "other files"
-        raise OutputExistsError(
-            f"{out} already holds {what}; choose another --out or pass --overwrite to replace it"
-        )
 
 
 def execute(plan: RunPlan, *, notebook: bool = True, progress: bool = True) -> Path:
     """Run the plan; returns the output folder holding result.json, figures and notebook."""
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    if not notebook:
-        from workbench.models import load_model
+    with output_lock(plan.out):
+        check_output(plan.out, plan.overwrite)  # again, now that no other run can write there
+        sweep_stale(plan.out.parent)
+        sweep_stale(temp_dir())
+        if not notebook:
+            from workbench.models import load_model
 
-        config = make_config(plan.probe, preset=plan.preset, params=plan.params)
-        result = get_probe(plan.probe).run(load_model(plan.model), config)
-        return result.save(plan.out, overwrite=plan.overwrite)
-    return _execute_notebook(plan, progress=progress)
+            config = make_config(plan.probe, preset=plan.preset, params=plan.params)
+            result = get_probe(plan.probe).run(load_model(plan.model), config)
+            return result.save(plan.out, overwrite=plan.overwrite)
+        return _execute_notebook(plan, progress=progress)
 
 
 def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
@@ -83,7 +90,8 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
     from papermill.exceptions import PapermillExecutionError
 
     source = notebook_for(plan.probe)
-    stage = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.run-", dir=plan.out.parent))
+    stage = plan.out.parent / sibling_name(plan.out.name, "run")
+    stage.mkdir()
     staged_result = stage / "result"
     parameters: dict[str, Any] = {
         "model": plan.model,
@@ -106,14 +114,16 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
             )
         except PapermillExecutionError as err:
             kept = _keep_failed_notebook(executed)
+            message = " ".join(_strip_ansi(err.evalue).split())
             raise WorkbenchError(
-                f"notebook {source.name} failed in cell {err.exec_count}: "
-                f"{err.ename}: {_strip_ansi(err.evalue)}\nexecuted notebook kept at {kept}"
+                f"notebook {source.name} failed in cell {err.exec_count}: {err.ename}: "
+                f"{message} (executed notebook kept until the next run at {kept})"
             ) from None
         if not (staged_result / "result.json").is_file():
             raise WorkbenchError(f"notebook {source.name} ran but saved no result to `out`")
         shutil.move(str(executed), staged_result / source.name)
-        _swap_into_place(staged_result, plan.out, plan.overwrite)
+        check_output(plan.out, plan.overwrite)
+        swap_into_place(staged_result, plan.out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return plan.out
@@ -131,18 +141,10 @@ def notebook_for(probe: str) -> Path:
     return generic
 
 
-def _swap_into_place(staged: Path, out: Path, overwrite: bool) -> None:
-    check_output(out, overwrite)
-    if out.exists():
-        old = staged.parent / "previous"
-        os.replace(out, old)
-    os.replace(staged, out)
-
-
 def _keep_failed_notebook(executed: Path) -> Path | None:
     if not executed.is_file():
         return None
-    fd, path = tempfile.mkstemp(prefix="failed-", suffix=f"-{executed.name}")
+    fd, path = tempfile.mkstemp(prefix=temp_prefix("failed"), suffix=f"-{executed.name}")
     os.close(fd)
     shutil.copyfile(executed, path)
     return Path(path)

@@ -1,4 +1,9 @@
-"""``load_model``: one loader for hub ids, local folders and embedded ``zoo:`` models."""
+"""``load_model``: one loader for hub ids, local folders and embedded ``zoo:`` models.
+
+A model folder is untrusted input: config.json must be a JSON object, model.safetensors must
+have a sound header, and a file that transformers cannot build a model from is named in one
+line, all before any weights are read where that can be checked cheaply.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.errors import FamilyError, ModelNotFoundError
+from workbench.errors import FamilyError, ModelNotFoundError, one_line
 from workbench.models.loaded import LoadedModel, Site, Weight
 
 VISION_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae"}
@@ -136,7 +141,43 @@ def _read_config(folder: Path) -> dict[str, Any]:
             f"{folder} has no config.json; a model folder needs config.json plus weights "
             f"({' or '.join(WEIGHT_FILES[::2])})"
         )
-    return json.loads(path.read_text())
+    config = read_json_object(path)
+    if not isinstance(config.get("model_type", ""), str):
+        raise ModelNotFoundError(
+            f"{path}: model_type must be a string, not {type(config['model_type']).__name__}; "
+            "restore the model's config.json"
+        )
+    return config
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else is a one-line error naming the file."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, or nested absurdly
+        raise ModelNotFoundError(
+            f"{path} is not valid JSON ({one_line(err)}); restore the model's {path.name}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ModelNotFoundError(
+            f"{path} holds a JSON {type(value).__name__}, not an object; restore the model's "
+            f"{path.name}"
+        )
+    return value
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or foreign ``.safetensors`` file by its header (no weights read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as err:
+        raise ModelNotFoundError(
+            f"{path} is not a complete safetensors file ({one_line(err)}); it may be truncated "
+            "or damaged: restore or download it again"
+        ) from None
 
 
 def _check_files(folder: Path, family: str) -> None:
@@ -147,6 +188,8 @@ def _check_files(folder: Path, family: str) -> None:
             f"{folder} is missing its weights: expected model.safetensors (or one of "
             f"{', '.join(WEIGHT_FILES[1:])})"
         )
+    if (folder / WEIGHT_FILES[0]).is_file():
+        check_safetensors(folder / WEIGHT_FILES[0])
     if family in ("causal-lm", "encoder") and not any(
         (folder / f).is_file() for f in TOKENIZER_FILES
     ):
@@ -183,7 +226,13 @@ def _load_hf(
         cls = tf.AutoModelForImageClassification
     else:
         cls = tf.AutoModel
-    model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    try:
+        model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
+        raise ModelNotFoundError(
+            f"{folder}: transformers cannot build a {model_type} model from these files "
+            f"({type(err).__name__}: {one_line(err)}); check config.json and the weights"
+        ) from None
     model.eval()
 
     blocks_path, blocks = _find_blocks(model)
@@ -335,7 +384,7 @@ def _add_vision_info(loaded: LoadedModel, folder: Path, cfg: Any) -> None:
     image_size = vcfg.image_size
     proc_path = folder / "preprocessor_config.json"
     if proc_path.is_file():
-        proc = json.loads(proc_path.read_text())
+        proc = read_json_object(proc_path)
         loaded.image_mean = tuple(proc.get("image_mean", loaded.image_mean))
         loaded.image_std = tuple(proc.get("image_std", loaded.image_std))
         crop = proc.get("crop_size") if proc.get("do_center_crop") else None
@@ -356,7 +405,13 @@ def _add_vision_info(loaded: LoadedModel, folder: Path, cfg: Any) -> None:
 def _load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # the tokenizers library raises plain Exceptions for bad files
+        raise ModelNotFoundError(
+            f"{folder}: its tokenizer files cannot be read ({type(err).__name__}: "
+            f"{one_line(err)}); restore tokenizer.json or the vocabulary files"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
