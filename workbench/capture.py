@@ -93,8 +93,9 @@ def _use_eager_attention(model: LoadedModel) -> Callable[[], None] | None:
     previous = getattr(config, "_attn_implementation", None)
     if config is None or previous in (None, "eager") or model.backend != "hf":
         return None
-    model.model.set_attn_implementation("eager")
-    return lambda: model.model.set_attn_implementation(previous)
+    hf_model: Any = model.model  # a transformers PreTrainedModel
+    hf_model.set_attn_implementation("eager")
+    return lambda: hf_model.set_attn_implementation(previous)
 
 
 # -- capture -----------------------------------------------------------------------------------

