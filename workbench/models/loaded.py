@@ -424,21 +424,21 @@ class LoadedModel:
         lines = [f"  placement   inputs go to {self.device}{split}"]
         homes = _homes(self.model)
         blocks: list[tuple[str, str]] = []
-        claimed: set[str] = set()
+        claimed: set[int] = set()
         for i in range(self.n_layers):
             path = self._block_path(i)
             if path is None:  # blocks without weights of their own (PMI's hook points)
                 return [f"{lines[0]}; weights {', '.join(_describe_homes(homes.values()))}"]
-            inside = {n: h for n, h in homes.items() if n.startswith(f"{path}.")}
-            claimed |= set(inside)
-            blocks.append(_describe_homes(inside.values()))
+            inside = {id(p) for p in self.model.get_submodule(path).parameters()}
+            claimed |= inside
+            blocks.append(_describe_homes([homes[k] for k in inside if k in homes]))
         start = 0
         for i in range(1, len(blocks) + 1):
             if i == len(blocks) or blocks[i] != blocks[start]:
                 span = f"block {start}" if i - 1 == start else f"blocks {start}-{i - 1}"
                 lines.append(f"              {span:<14} {', '.join(blocks[start])}")
                 start = i
-        rest = [h for n, h in homes.items() if n not in claimed]
+        rest = [h for k, h in homes.items() if k not in claimed]
         if rest:
             lines.append(f"              {'the rest':<14} {', '.join(_describe_homes(rest))}")
         return lines
@@ -456,13 +456,14 @@ class LoadedModel:
         return None
 
 
-def _homes(model: nn.Module) -> dict[str, tuple[str, torch.dtype]]:
-    """Every parameter's home (device, ``cpu-offload`` or ``disk``) and dtype, by name."""
+def _homes(model: nn.Module) -> dict[int, tuple[str, torch.dtype]]:
+    """Every parameter's home (device, ``cpu-offload`` or ``disk``) and dtype, by its id (a
+    wrapper such as TransformerLens's bridge reaches one parameter by several names)."""
     out = {}
-    for name, _ in model.named_parameters():
+    for name, param in model.named_parameters():
         module, _, attr = name.rpartition(".")
         stored = stored_tensor(model, module, attr)
-        out[name] = (stored.home, stored.dtype)
+        out[id(param)] = (stored.home, stored.dtype)
     return out
 
 
