@@ -6,6 +6,7 @@ a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -76,6 +77,21 @@ def run(
     preset: Annotated[str | None, typer.Option(help="named preset of the probe")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
     notebook: Annotated[bool, typer.Option(help="run notebooks/PROBE.ipynb via papermill")] = True,
+    device: Annotated[
+        str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N or mps")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto (default), float32, bfloat16 or float16")
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(help='auto, or JSON {"module": device|"cpu"|"disk"}: split and offload'),
+    ] = None,
+    max_memory: Annotated[
+        list[str] | None,
+        typer.Option(help="with --device-map: room per device, e.g. cpu=8GiB or 0=20GiB"),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="hf (default) or transformer-lens")] = None,
 ) -> None:
     """Run one probe headlessly and write result.json, figures and the executed notebook."""
     from workbench.probe import parse_params
@@ -89,10 +105,44 @@ def run(
             params=parse_params(param or []),
             preset=preset,
             overwrite=overwrite,
+            load={
+                "device": device,
+                "dtype": dtype,
+                "device_map": _parse_device_map(device_map),
+                "max_memory": _parse_sizes(max_memory),
+                "backend": backend,
+            },
         )
         started = time.time()
         folder = execute(plan, notebook=notebook)
     typer.echo(f"{probe} on {plan.model}: {folder} ({time.time() - started:.0f} s)")
+
+
+def _parse_device_map(value: str | None) -> str | dict | None:
+    """``auto`` as it is; a JSON object into a dict."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError as err:
+        raise WorkbenchError(
+            f"--device-map {value!r} is not a JSON object ({one_line(err)}); give auto or "
+            '\'{"transformer.h.0": "cpu", "transformer.h.1": "disk", ...}\''
+        ) from None
+    return parsed
+
+
+def _parse_sizes(values: list[str] | None) -> dict[str, str] | None:
+    """``["cpu=8GiB", "0=20GiB"]`` -> ``{"cpu": "8GiB", "0": "20GiB"}``."""
+    if not values:
+        return None
+    sizes = {}
+    for item in values:
+        where, sep, size = item.partition("=")
+        if not sep or not where.strip() or not size.strip():
+            raise WorkbenchError(f"--max-memory {item!r} must be DEVICE=SIZE, e.g. cpu=8GiB")
+        sizes[where.strip()] = size.strip()
+    return sizes
 
 
 @app.command()

@@ -33,6 +33,10 @@ class ConfigError(WorkbenchError):
     """A probe setting of the wrong type or out of range (raised when the Config is built)."""
 
 
+class DeviceError(WorkbenchError):
+    """A device, dtype or placement that this machine or this model cannot take."""
+
+
 class ResourceError(WorkbenchError):
     """A run ran out of memory or another resource; the message says what to lower."""
 

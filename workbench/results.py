@@ -66,6 +66,7 @@ _SAVEZ_RESERVED = ("file", "allow_pickle")
 _VERSION_PACKAGES = {
     "torch": "torch",
     "transformers": "transformers",
+    "accelerate": "accelerate",
     "numpy": "numpy",
     "sklearn": "scikit-learn",
     "plotly": "plotly",
@@ -185,10 +186,15 @@ def make_provenance(
     seed: int | None,
     started: float,
     device: str = "cpu",
+    dtype: str | None = None,
+    device_map: dict[str, str] | None = None,
+    backend: str | None = None,
 ) -> dict:
     """Everything needed to tell what produced a result and to run it again.
 
     ``started`` is ``time.time()`` at the start of the run; the wall time is measured from it.
+    ``device`` is where the inputs went, ``dtype`` the model's, ``device_map`` accelerate's
+    placement of a split or offloaded model (None when it sat whole on ``device``).
     """
     git = git_state()
     return {
@@ -199,6 +205,9 @@ def make_provenance(
         "config": to_jsonable(config, "config", strict=False),
         "seed": seed,
         "device": device,
+        "dtype": dtype,
+        "device_map": device_map,
+        "backend": backend,
         "versions": {
             "python": platform.python_version(),
             **{key: _version(dist) for key, dist in _VERSION_PACKAGES.items()},
@@ -216,7 +225,8 @@ def make_provenance(
 
 
 def run_provenance(probe: str, model: LoadedModel, config: Any, started: float) -> dict:
-    """``make_provenance`` for the usual run: a loaded model and a dataclass config with a seed."""
+    """``make_provenance`` for the usual run: a loaded model (with where and how it was placed)
+    and a dataclass config with a seed."""
     return make_provenance(
         probe=probe,
         model_spec=model.spec,
@@ -225,6 +235,7 @@ def run_provenance(probe: str, model: LoadedModel, config: Any, started: float) 
         config=asdict(config),
         seed=config.seed,
         started=started,
+        **model.placement(),
     )
 
 

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from workbench.staging import (
     temp_prefix,
 )
 
+LOAD_OPTIONS = ("device", "dtype", "device_map", "max_memory", "backend")
+"""The ``load_model`` choices a headless run passes on (``workbench run --device ...``)."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
 GENERIC_NOTEBOOK = "probe.ipynb"
@@ -46,6 +48,9 @@ class RunPlan:
     params: dict[str, Any]
     out: Path
     overwrite: bool
+    load: dict[str, Any] = field(default_factory=dict)
+    """``load_model`` choices (device, dtype, device_map, max_memory, backend); the notebook
+    gets them as its ``load`` parameter."""
 
 
 def plan_run(
@@ -56,18 +61,32 @@ def plan_run(
     params: dict[str, Any] | None = None,
     preset: str | None = None,
     overwrite: bool = False,
+    load: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """Validate a run before any heavy work; raise a WorkbenchError naming the fix."""
+    """Validate a run before any heavy work; raise a WorkbenchError naming the fix.
+
+    ``load`` holds ``load_model``'s choices (``device``, ``dtype``, ``device_map``,
+    ``max_memory``, ``backend``), checked against this machine and the model's family here.
+    """
+    from workbench.devices import check_load_options
     from workbench.models import peek_family
 
     module = get_probe(probe)
     make_config(probe, preset=preset, params=params)
     model = model or module.DEFAULT_MODELS[0]
-    check_family(probe, module.FAMILIES, model, peek_family(model))
+    family = peek_family(model)
+    check_family(probe, module.FAMILIES, model, family)
+    load = {k: v for k, v in (load or {}).items() if v is not None}
+    unknown = sorted(set(load) - set(LOAD_OPTIONS))
+    if unknown:
+        raise WorkbenchError(
+            f"unknown loading option(s) {', '.join(unknown)}; choose from {', '.join(LOAD_OPTIONS)}"
+        )
+    check_load_options(family, spec=model, **load)
     out = Path(out).absolute()  # the notebook runs in notebooks/, so relative paths would move
     check_output(out, overwrite)
     check_writable(out)
-    return RunPlan(probe, model, preset, dict(params or {}), out, overwrite)
+    return RunPlan(probe, model, preset, dict(params or {}), out, overwrite, load)
 
 
 def execute(plan: RunPlan, *, notebook: bool = True, progress: bool = True) -> Path:
@@ -80,7 +99,7 @@ def execute(plan: RunPlan, *, notebook: bool = True, progress: bool = True) -> P
             from workbench.models import load_model
 
             config = make_config(plan.probe, preset=plan.preset, params=plan.params)
-            result = get_probe(plan.probe).run(load_model(plan.model), config)
+            result = get_probe(plan.probe).run(load_model(plan.model, **plan.load), config)
             return result.save(plan.out, overwrite=plan.overwrite)
         return _execute_notebook(plan, progress=progress)
 
@@ -97,6 +116,7 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
         "model": plan.model,
         "preset": plan.preset,
         "params": plan.params,
+        "load": plan.load,
         "out": str(staged_result),
     }
     if source == NOTEBOOKS / GENERIC_NOTEBOOK:

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.devices import CPU
 from workbench.errors import DataError, ModelNotFoundError
 from workbench.models.loaded import HookPoint, LoadedModel, Site
 
@@ -456,7 +457,9 @@ class _Classifier(nn.Module):
 
     def _readout(self, x: torch.Tensor, mask: torch.Tensor) -> PMIOutput:
         last = mask.long().cumsum(1).argmax(1)  # index of the last real token
-        readout = self.readout_point(self.final_norm(x[torch.arange(x.shape[0]), last]))
+        readout = self.readout_point(
+            self.final_norm(x[torch.arange(x.shape[0], device=x.device), last])
+        )
         return PMIOutput(logits=self.logits_point(self.head(readout)), readout=readout)
 
 
@@ -565,9 +568,15 @@ def save_model(model: _Classifier, folder: str | Path, words: list[str] | None =
 
 
 def load(
-    spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype = torch.float32
+    spec: str,
+    folder: Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = CPU,
 ) -> LoadedModel:
-    """Load a PMI-Transformer or its control from ``folder`` as a ``LoadedModel`` (family pmi)."""
+    """Load a PMI-Transformer or its control from ``folder`` as a ``LoadedModel`` (family pmi),
+    on one device."""
     from safetensors.torch import load_file
 
     cfg = PMIConfig.from_dict(config)
@@ -582,7 +591,7 @@ def load(
             f"{folder}'s weights do not fit its config.json (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); rebuild it with `workbench zoo build`"
         )
-    model = model.to(dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
     processor = None
     if (folder / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast

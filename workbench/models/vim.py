@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.devices import CPU
 from workbench.errors import ModelNotFoundError, WorkbenchError, one_line
 from workbench.models.loaded import HookPoint, LoadedModel, Site, Weight
 
@@ -886,8 +887,16 @@ def _naming(path: Path) -> Iterator[None]:
         raise ModelNotFoundError(f"{path}: {err}") from None
 
 
-def load(spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype) -> LoadedModel:
-    """Load a Vim folder (config.json + model.safetensors) or an official ``.pth`` checkpoint."""
+def load(
+    spec: str,
+    folder: Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype,
+    device: torch.device = CPU,
+) -> LoadedModel:
+    """Load a Vim folder (config.json + model.safetensors) or an official ``.pth`` checkpoint
+    onto one device (the plain-PyTorch scan runs on any)."""
     folder = Path(folder)
     if folder.is_file():
         checkpoint = read_checkpoint(folder)  # its errors name the file already
@@ -903,7 +912,7 @@ def load(spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype)
         weights = folder / "model.safetensors"
         state = load_file(str(weights))  # the loader has checked its header
     with _naming(weights):
-        model = build(vim_config, state, dtype)
+        model = build(vim_config, state, dtype).to(device)
     return LoadedModel(
         spec=spec,
         family="vim",
