@@ -46,7 +46,7 @@ from workbench.probe import Findings, Metric, ProbeConfig, run_frame
 
 NAME = "toy"
 FAMILIES = ("encoder", "causal-lm")
-DEFAULT_MODELS = ()
+DEFAULT_MODELS = tuple(os.environ.get("TOY_MODELS", "").split(os.pathsep))
 
 
 @dataclass(frozen=True)
@@ -267,3 +267,21 @@ def test_ray_sweep_gives_the_local_pool_results(local_sweep, scratch_models, tmp
     names = [p.name for p in local.points]
     assert [p.name for p in record.points] == names
     assert metrics_of(tmp_path / "ray", names) == metrics_of(out, names)
+
+
+@pytest.mark.slow
+def test_demo_runs_in_parallel_with_progress_and_a_comparison_page(
+    toy_probe, scratch_models, tmp_path, monkeypatch
+):
+    models = [str(scratch_models["bert"]), str(scratch_models["gpt2"])]
+    monkeypatch.setenv("TOY_MODELS", os.pathsep.join(models))
+    sys.modules.pop("probes.toy", None)  # DEFAULT_MODELS is read on import
+    out = tmp_path / "results"
+    result = cli.invoke(app, ["demo", "--probe", "toy", "--no-notebook", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "run 1 of 2 done" in result.output and "ETA" in result.output
+    assert "run 2 of 2 done" in result.output
+    record = json.loads((out / SWEEP_FILE).read_text())
+    assert record["workers"] == min(2, os.cpu_count() or 1)
+    assert [p["state"] for p in record["points"]] == ["done", "done"]
+    assert (out / "index.html").is_file() and list(out.glob("compare-*toy.html"))

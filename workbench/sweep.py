@@ -21,9 +21,10 @@ skipped; a failed point is run once more, then recorded as failed with its error
 sweep goes on. ``OUT/sweep.json`` records every point's state, time and headline metrics; it is
 rewritten (atomically) as each point finishes.
 
-Executors: the local pool (default) runs as many points at once as there are cores, each with
-``cores / workers`` threads, passed to the run as ``OMP_NUM_THREADS`` (torch, numpy's BLAS and
-scikit-learn honour it, as does ``workbench.threads``). Ray (``pip install .[ray]``) runs one
+Executors: the local pool (default) runs as many points at once as there are cores (or
+points), each with ``cores / workers`` threads, passed to the run as ``OMP_NUM_THREADS`` (torch,
+numpy's BLAS and scikit-learn honour it, as does ``workbench.threads``). Ray
+(``pip install .[ray]``) runs one
 task per point with the sweep's ``resources`` on a cluster (``--address``) or a local one.
 """
 
@@ -326,9 +327,11 @@ class LocalPool:
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, resources: Resources = Resources()) -> None:
+    def __init__(
+        self, workers: int | None = None, resources: Resources = Resources(), points: int = 0
+    ) -> None:
         per_run = max(1, int(resources.cpus))
-        self.workers = max(1, workers or cores() // per_run)
+        self.workers = max(1, workers or min(cores() // per_run, points or cores()))
         self.threads = max(1, cores() // self.workers)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sweep")
 
@@ -406,12 +409,18 @@ def start_local_ray(num_cpus: int) -> None:
 
 
 def make_executor(
-    kind: str, resources: Resources, *, workers: int | None = None, address: str | None = None
+    kind: str,
+    resources: Resources,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    points: int = 0,
 ) -> Executor:
+    """The ``local`` pool (sized for ``points`` runs) or ``ray``."""
     if kind == "local":
         if address:
             raise WorkbenchError("--address names a Ray cluster; add --executor ray")
-        return LocalPool(workers, resources)
+        return LocalPool(workers, resources, points)
     if kind == "ray":
         if workers:
             raise WorkbenchError("--workers sizes the local pool; Ray schedules by resources")
@@ -659,7 +668,9 @@ def run_sweep(
             record.wall_time_s = round(time.time() - started, 2)
             record.write(out)
             return record
-        pool = make_executor(executor, sweep.resources, workers=workers, address=address)
+        pool = make_executor(
+            executor, sweep.resources, workers=workers, address=address, points=len(todo)
+        )
         record.executor, record.workers = pool.name, pool.workers
         record.write(out)
         try:
