@@ -160,3 +160,27 @@ def test_the_report_links_a_comparison_page_per_sweep_and_probe(tmp_path):
     (tmp_path / "sweep" / "sweep.json").unlink()  # the sweep is gone: so is its page
     assert "compare-" not in build_report(tmp_path).read_text()
     assert not list(tmp_path.glob("compare-*.html"))
+
+
+@pytest.mark.slow
+def test_the_compare_notebook_draws_a_sweep(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    from workbench.runner import NOTEBOOKS
+
+    saved_sweep(tmp_path / "sweep", [binding_run("m0", 0), binding_run("m1", 0.1)])
+    executed = tmp_path / "compare.ipynb"
+    pm.execute_notebook(
+        str(NOTEBOOKS / "compare.ipynb"),
+        str(executed),
+        parameters={"runs": [str(tmp_path / "sweep")], "probe": "binding"},
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    plots = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(plots) == 2  # the by-layer curves and the summary
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
