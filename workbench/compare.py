@@ -91,7 +91,12 @@ def compare_figures(
 
 RUN_TRACE = "run"
 """``meta`` of the one trace per run in a comparison figure; floors carry ``baseline``."""
-_DASHES = ("dash", "dot", "dashdot", "longdash")
+_DASHES = (
+    ("dash", "dashed"),
+    ("dot", "dotted"),
+    ("dashdot", "dash-dot"),
+    ("longdash", "long dashes"),
+)
 
 
 def _curves(
@@ -105,8 +110,11 @@ def _curves(
     scale = 100.0 if metric.percent else 1.0
     title = f"{probe}: {metric.label}, {len(results)} runs"
     if metric.baselines:
-        title += "<br><sup>dashed: " + ", ".join(_readable(b) for b in metric.baselines)
-        title += " (same colour as its run)</sup>"
+        floors = [
+            f"{_readable(key)} {_DASHES[n % len(_DASHES)][1]}"
+            for n, key in enumerate(metric.baselines)
+        ]
+        title += f"<br><sup>floors in each run's colour: {', '.join(floors)}</sup>"
     fig = new_figure(
         title=title,
         yaxis_title=metric.label if not metric.against else _readable(metric.key),
@@ -119,19 +127,20 @@ def _curves(
         y = np.asarray(result.arrays[metric.key], dtype=float).reshape(-1)
         names = result.arrays.get(metric.over or "")
         positions = [str(v) for v in names] if names is not None and len(names) == len(y) else None
-        if metric.against:
+        if metric.against:  # a trade-off: the position (e.g. rho) is in the hover text
             x: list[Any] = np.asarray(result.arrays[metric.against], dtype=float).tolist()
-            text = [f"{metric.over} {p}" for p in positions] if positions else None
-            mode = "lines+markers+text" if text and len(results) <= 3 else "lines+markers"
+            text = [f"{_readable(metric.over or '')} {p}" for p in positions or []]
         else:
-            x, text, mode = positions or list(range(len(y))), None, "lines+markers"
+            x, text = positions or list(range(len(y))), []
         fig.add_trace(
             go.Scatter(
                 x=x,
                 y=scale * y,
-                mode=mode,
-                text=text,
-                textposition="top right",
+                mode="lines+markers",
+                text=text or None,
+                hovertemplate=(f"{label}<br>%{{text}}<br>" if text else f"{label}<br>")
+                + ("%{x:.4g}" if metric.against else "%{x}")
+                + ": %{y:.4g}<extra></extra>",
                 name=label,
                 legendgroup=label,
                 meta=RUN_TRACE,
@@ -151,7 +160,7 @@ def _curves(
                     legendgroup=label,
                     showlegend=False,
                     meta="baseline",
-                    line={"color": colour, "dash": _DASHES[n % len(_DASHES)], "width": 1.5},
+                    line={"color": colour, "dash": _DASHES[n % len(_DASHES)][0], "width": 1.5},
                     hovertemplate=f"{label}<br>{_readable(key)}: %{{y:.3g}}<extra></extra>",
                 )
             )
