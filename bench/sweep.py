@@ -5,8 +5,9 @@ Four quick atlas runs (``zoo:vit-scenes`` and ``zoo:minilm``, seeds 0 and 1, the
 
 - sequential: the local pool with one worker (each run gets every core's threads),
 - pool: the local pool with one worker per core (2 on the reference machine, one thread each),
-- ray: one Ray task per run on a local Ray started once beforehand (its start-up is printed
-  separately: a cluster is started once, not per sweep), one CPU per task.
+- ray: one Ray task per run on a local Ray started once beforehand, its workers warmed by one
+  task each (start-up and warm-up are printed separately: a cluster is started once, not per
+  sweep), one CPU per task.
 
 ``speedup`` is sequential / pool; ``ray_overhead_s`` is (ray - pool) / points, what Ray adds per
 run. Every run writes a fresh result folder (``rerun``), so nothing is skipped.
@@ -66,8 +67,13 @@ def main() -> None:
         if not args.no_ray:
             import ray
 
+            @ray.remote(num_cpus=1)
+            def warm() -> None:
+                import workbench.sweep  # noqa: F401  (what every task's worker imports first)
+
             started = time.perf_counter()
             start_local_ray(workers)
+            ray.get([warm.remote() for _ in range(workers)])  # a running cluster's warm workers
             ray_start = time.perf_counter() - started
             runs["ray"] = lambda: sweep_with("ray", None)
         try:
@@ -84,7 +90,7 @@ def main() -> None:
     if "ray" in med and ray_start is not None:
         overhead = (med["ray"] - med["pool"]) / n
         print(f"  ray ({workers} CPUs)              {med['ray']:7.1f} s")
-        print(f"  local Ray start (once)     {ray_start:7.1f} s")
+        print(f"  local Ray start and warm-up (once) {ray_start:7.1f} s")
         line += f" ray_overhead_s={overhead:.2f}"
     print(line)
 

@@ -61,7 +61,7 @@ def _sweep_pages(root: Path, folder: Path) -> list[tuple[str, str]]:
 
     record = read_sweep_record(folder)
     rel = folder.relative_to(root).as_posix()
-    sweep_name = "results" if rel == "." else rel
+    sweep_name = root.resolve().name if rel == "." else rel
     by_probe: dict[str, list[tuple[Path, ProbeResult]]] = {}
     for path in run_folders(folder):
         try:
