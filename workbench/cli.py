@@ -1,4 +1,4 @@
-"""The ``workbench`` command: list, run, demo, report, export, compare, zoo.
+"""The ``workbench`` command: list, run, demo, sweep, report, export, compare, zoo.
 
 Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
 a traceback.
@@ -150,30 +150,65 @@ def demo(
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results"),
     probe: Annotated[list[str] | None, typer.Option(help="only these probes")] = None,
     notebook: Annotated[bool, typer.Option(help="run each probe's notebook")] = True,
+    workers: Annotated[
+        int | None, typer.Option(help="runs at once (default: one per core)", min=1)
+    ] = None,
 ) -> None:
-    """Every probe on each of its embedded default models, then the report (replaces old runs)."""
+    """Every probe on each of its embedded default models, in parallel, then the report
+    (replaces old runs)."""
     from workbench.probe import get_probe, probe_names
     from workbench.report import build_report
-    from workbench.runner import execute, plan_run, result_folder_name
+    from workbench.runner import result_folder_name
+    from workbench.sweep import Point, Sweep, run_sweep, summary_table
 
-    failures = []
     with _one_line_errors():
-        for name in probe or probe_names():
-            for spec in get_probe(name).DEFAULT_MODELS:
-                folder = out / result_folder_name(name, spec)
-                started = time.time()
-                typer.echo(f"== {name} on {spec} -> {folder}")
-                try:
-                    execute(plan_run(name, spec, out=folder, overwrite=True), notebook=notebook)
-                except (WorkbenchError, OSError) as err:
-                    failures.append(f"{name} on {spec}: {_describe(err)}")
-                    typer.secho(f"   failed: {_describe(err)}", fg=typer.colors.RED, err=True)
-                    continue
-                typer.echo(f"   done in {time.time() - started:.0f} s")
+        points = tuple(
+            Point(name, spec, name=result_folder_name(name, spec))
+            for name in probe or probe_names()
+            for spec in get_probe(name).DEFAULT_MODELS
+        )
+        started = time.time()
+        record = run_sweep(Sweep(points, notebook=notebook), out, workers=workers, rerun=True)
+        typer.echo(summary_table(record))
+        typer.echo(f"{len(points)} runs in {time.time() - started:.0f} s")
         index = build_report(out)
     typer.echo(f"report: {index}")
-    if failures:
-        typer.secho(f"{len(failures)} run(s) failed", fg=typer.colors.RED, err=True)
+    failed = [p for p in record.points if p.state == "failed"]
+    if failed:
+        typer.secho(f"{len(failed)} run(s) failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="the sweep's YAML file")],
+    out: Annotated[Path, typer.Option(help="folder for the sweep: one run folder per point")],
+    executor: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (with --executor ray)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="local pool: runs at once (default: one per core)", min=1)
+    ] = None,
+    rerun: Annotated[bool, typer.Option(help="run finished points again")] = False,
+) -> None:
+    """Run a grid or list of runs from SWEEP_FILE; finished points are skipped, failed ones
+    retried once; writes OUT/sweep.json and prints a summary."""
+    from workbench.sweep import counts, load_sweep, run_sweep, summary_table
+
+    with _one_line_errors():
+        record = run_sweep(
+            load_sweep(sweep_file),
+            out,
+            executor=executor,
+            address=address,
+            workers=workers,
+            rerun=rerun,
+        )
+    typer.echo(summary_table(record))
+    tally = ", ".join(f"{n} {state}" for state, n in counts(record).items())
+    typer.echo(f"{len(record.points)} points: {tally}; {out / 'sweep.json'}")
+    if "failed" in counts(record):
         raise typer.Exit(1)
 
 
@@ -222,8 +257,11 @@ def export(
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="result folders of one probe")],
+    runs: Annotated[list[Path], typer.Argument(help="result folders or sweep folders")],
     out: Annotated[Path, typer.Option(help="folder to write the comparison figures into")],
+    probe: Annotated[
+        str | None, typer.Option(help="only this probe's runs (for sweeps over several)")
+    ] = None,
     fmt: Annotated[
         list[str] | None, typer.Option("--format", help="html, png, svg or pdf (repeatable)")
     ] = None,
@@ -233,7 +271,7 @@ def compare(
     from workbench.figures import DEFAULT_FORMATS, export_figures
 
     with _one_line_errors():
-        figures = compare_figures(load_runs(runs))
+        figures = compare_figures(load_runs(runs, probe))
         written = export_figures(figures, out, tuple(fmt or DEFAULT_FORMATS))
     for paths in written.values():
         for path in paths:

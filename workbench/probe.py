@@ -168,6 +168,12 @@ class Metric:
     """The value is a fraction shown as a percentage."""
     unit: str = ""
     over: str | None = None
+    baselines: tuple[str, ...] = ()
+    """For a curve: its floors, drawn dashed in each run's colour: arrays as long as the curve
+    (a control per layer) or scalar metrics (chance), so no number is compared without them."""
+    against: str | None = None
+    """For a curve: the array whose values are its x axis (a trade-off, e.g. recitation against
+    perplexity along a sweep) instead of the labels in ``over``."""
 
     def format(self, value: Any) -> str:
         """The value as a reader wants it: percentages, sensible digits, the unit."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from workbench.compare_page import comparison_pages
 from workbench.errors import WorkbenchError, one_line
 from workbench.figures import write_plotlyjs
 from workbench.results import FIGURES_DIR, RESULT_FILE, headline_metrics, path_inside, read_record
@@ -65,7 +66,7 @@ def build_report(results_dir: str | Path, *, title: str = "Workbench results") -
     entries.sort(key=lambda e: (e.probe, e.model, e.rel))
     sweep_stale(root)
     write_plotlyjs(root)
-    page = _page(root, entries, skipped, title)
+    page = _page(root, entries, skipped, title, comparison_pages(root))
     target = root / INDEX_FILE
     tmp = root / sibling_name(INDEX_FILE, "tmp")
     try:
@@ -270,7 +271,9 @@ def _toc_html(entries: list[_Entry]) -> str:
     )
 
 
-def _page(root: Path, entries: list[_Entry], skipped: list[tuple[str, str]], title: str) -> str:
+def _page(
+    root: Path, entries: list[_Entry], skipped: list[tuple[str, str]], title: str, links: str
+) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     results = "".join(_result_html(entry, i) for i, entry in enumerate(entries))
     skipped_html = ""
@@ -290,7 +293,7 @@ def _page(root: Path, entries: list[_Entry], skipped: list[tuple[str, str]], tit
 <body>
 <header><h1>{_esc(title)}</h1><p>{count} · built {now} · {_esc(root.resolve().name)}</p></header>
 <div class="layout">
-<nav class="toc"><h3>Contents</h3><ul>{_toc_html(entries)}</ul></nav>
+<nav class="toc">{links}<h3>Contents</h3><ul>{_toc_html(entries)}</ul></nav>
 <main>{results}{skipped_html}</main>
 </div>
 <script>{_JS}</script>

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
 from workbench.errors import WorkbenchError
 from workbench.probe import check_family, get_probe, make_config, probe_folder
 from workbench.results import check_output
@@ -131,6 +134,7 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
                 cwd=str(NOTEBOOKS),
                 progress_bar=progress,
                 kernel_name="python3",
+                kernel_manager_class=LocalKernelManager,
             )
         except PapermillExecutionError as err:
             kept = _keep_failed_notebook(executed)
@@ -147,6 +151,15 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return plan.out
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """A kernel reached over local sockets (IPC), not TCP: the kernel runs on this machine, so
+    nothing needs a network port, and it has no plain-text TCP traffic to warn about."""
+
+    @default("transport")
+    def _local_sockets(self) -> str:
+        return "ipc"
 
 
 def notebook_for(probe: str) -> Path:

@@ -43,5 +43,11 @@ METRICS = (
     Metric("peak_accuracy", "peak held-out accuracy", percent=True),
     Metric("chance_accuracy", "chance (majority class)", better="neither", percent=True),
     Metric("control_peak_accuracy", "random-init peak accuracy", better="neither", percent=True),
-    Metric("accuracy", "held-out accuracy by layer", percent=True, over="layer_names"),
+    Metric(
+        "accuracy",
+        "held-out accuracy by layer",
+        percent=True,
+        over="layer_names",
+        baselines=("control_accuracy", "chance_accuracy"),
+    ),
 )

@@ -160,5 +160,6 @@ METRICS = (
         "headline probe's distance-matched accuracy by layer (test images)",
         percent=True,
         over="layer_names",
+        baselines=("pixel_control", "position_control", "random_init_control"),
     ),
 )
