@@ -105,7 +105,7 @@ def test_a_store_of_other_activations_is_refused_before_any_work(
         build_store(other, images[:4], SITES[:2], tmp_path / "s")
     with pytest.raises(DataError, match="other preprocessing"):
         build_store(vit, images[:4], SITES[:2], tmp_path / "s", preprocessing={"resize": 300})
-    with pytest.raises(DataError, match="lacks sites blocks.1.attn.W_Q.input"):
+    with pytest.raises(DataError, match=r"lacks sites blocks\.1\.attn\.W_Q\.input"):
         build_store(vit, images[:4], ["blocks.1.attn.W_Q.input"], tmp_path / "s")
     with pytest.raises(DataError, match="row 2 differs"):
         build_store(vit, images[[0, 1, 5, 3]], SITES[:2], tmp_path / "s")
