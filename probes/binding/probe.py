@@ -12,6 +12,8 @@ distribution, so distance alone scores 0.5.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from probes.binding import analyses
@@ -65,19 +67,22 @@ def run(model: LoadedModel, config: Config, data: Data | None) -> Findings:
     random-init controls; subspace, attention and ablation analyses of the headline probe."""
     data = data if data is not None else load_data(model, config)
     check_data(data, model)
-    with torch_threads(config.threads):
+    with torch_threads(config.threads or os.cpu_count() or 1):
         fitted = fit_all(model, config, data)
-        parts = [
-            analyses.table(fitted, config),
-            analyses.compare_controls(fitted, config),
-            analyses.subspace(fitted, config),
-            analyses.other_convention(fitted, config),
-        ]
-        if config.attention:
-            parts.append(analyses.attention_correlation(model, fitted, config))
-        if config.ablation:
-            parts.append(analyses.ablation(model, fitted, config))
-        parts += [analyses.showcase(fitted, config), analyses.dataset_facts(fitted, config)]
+        try:
+            parts = [
+                analyses.table(fitted, config),
+                analyses.compare_controls(fitted, config),
+                analyses.subspace(fitted, config),
+                analyses.other_convention(fitted, config),
+            ]
+            if config.attention:
+                parts.append(analyses.attention_correlation(model, fitted, config))
+            if config.ablation:
+                parts.append(analyses.ablation(model, fitted, config))
+            parts += [analyses.showcase(fitted, config), analyses.dataset_facts(fitted, config)]
+        finally:
+            fitted.close()
 
     metrics = {k: v for part in parts for k, v in part.metrics.items()}
     arrays: dict[str, np.ndarray] = {k: v for part in parts for k, v in part.arrays.items()}
@@ -90,4 +95,6 @@ def run(model: LoadedModel, config: Config, data: Data | None) -> Findings:
         "pixel_control",
         "beats_position_and_pixel_controls",
     ]
-    return Findings(metrics, arrays, analyses.summary(model.spec, metrics))
+    return Findings(
+        metrics, arrays, analyses.summary(model.spec, metrics), provenance=fitted.provenance
+    )
