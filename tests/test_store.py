@@ -127,3 +127,42 @@ def test_text_models_store_padded_tokens(scratch_models, tmp_path):
     reference = capture(lm, texts, ["blocks.0.resid_post"], batch_size=2, progress=False)
     assert torch.equal(store.read("blocks.0.resid_post"), reference["blocks.0.resid_post"])
     assert store.key["tokens"] == {"kind": "text"}
+
+
+def test_cli_builds_a_store_that_binding_then_reuses(scratch_models, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from probes import binding
+    from workbench.cli import app
+
+    folder = str(scratch_models["vit"])
+    out = tmp_path / "store"
+    sites = "blocks.0.resid_pre,resid_post,blocks.*.attn.W_Q.input"
+    cli = CliRunner()
+    args = ["store", "build", "--model", folder, "--out", str(out), "--sites", sites, "--n", "12"]
+    built = cli.invoke(app, [*args, "--batch-size", "4"])
+    assert built.exit_code == 0, built.output
+    assert "12 rows computed" in built.output
+    info = cli.invoke(app, ["store", "info", str(out)])
+    assert "binding scenes (seed 0)" in info.output and "blocks.1.attn.W_Q.input" in info.output
+    bad = cli.invoke(app, ["store", "build", "--model", folder, "--out", str(out), "--sites", "x*"])
+    assert bad.exit_code == 2 and "matches no site" in bad.output
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("binding ran the model although the store holds its features")
+
+    monkeypatch.setattr(store_module, "_forward", no_forward)
+    config = binding.Config(
+        n_images=12,
+        store=str(out),
+        controls=("pixels",),
+        probes=("quadratic", "attention"),
+        ranks=(1,),
+        max_iter=3,
+        bootstrap=5,
+        ablation=False,
+        threads=1,
+    )
+    result = binding.run(load_model(folder), config)
+    assert result.provenance["features"]["reused"] is True
+    assert result.provenance["features"]["rows_reused"] == 12

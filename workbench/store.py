@@ -106,6 +106,35 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def resolve_sites(model: LoadedModel, spec: str) -> list[str]:
+    """Comma-separated site names, site kinds (``resid_post``: every block's) or shell-style
+    patterns (``blocks.*.attn.W_Q.input``) -> the model's site names, in the order given."""
+    from fnmatch import fnmatchcase
+
+    from workbench.models.loaded import SITE_KINDS
+
+    names = model.site_names()
+    out: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item in SITE_KINDS:
+            found = model.layer_sites(item)
+        elif any(c in item for c in "*?["):
+            found = [n for n in names if fnmatchcase(n, item)]
+        else:
+            found = [model.site(item).name]
+        if not found:
+            raise DataError(
+                f"{item!r} matches no site of {model.spec}; sites look like blocks.0.resid_post "
+                "(list them with model.site_names())"
+            )
+        out += found
+    if not out:
+        raise DataError("no sites given; e.g. --sites blocks.0.resid_pre,resid_post")
+    return list(dict.fromkeys(out))
+
+
 # -- reading -----------------------------------------------------------------------------------
 @dataclass(eq=False)
 class ActivationStore:

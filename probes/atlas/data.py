@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data.images import ImageFolderSet, Preprocessing, load_image_folder
+from workbench.data.images import ImageFolderSet, describe_images, load_images
 from workbench.data.scenes import make_scenes, patch_labels
-from workbench.data.segmentation import SegmentationSet, load_ade20k, load_coco
+from workbench.data.segmentation import SegmentationSet
 from workbench.data.words import word_sentences
 from workbench.errors import DataError
 from workbench.models import LoadedModel
@@ -192,16 +192,11 @@ def user_images(
     model: LoadedModel, name: str, path: str, annotations: str, split: str, n: int
 ) -> tuple[LabelledPositions, dict]:
     """Your images on disk through the model's own preprocessing, and that preprocessing."""
-    if not model.is_vision:
-        raise DataError(f"dataset={name} holds images; {model.spec} reads text")
-    prep = Preprocessing.of_model(model)
-    if name == "imagefolder":
-        return class_token_labels(model, load_image_folder(path, prep, n=n)), prep.describe()
-    if name == "ade20k":
-        data = load_ade20k(path, size=prep, split=split, n=n)
-    else:
-        data = load_coco(path, annotations, size=prep, n=n)
-    return object_patches(model, data), prep.describe()
+    data = load_images(model, name, path=path, annotations=annotations, split=split, n=n)
+    _, preprocessing = describe_images(model, name, path=path, annotations=annotations)
+    if isinstance(data, ImageFolderSet):
+        return class_token_labels(model, data), preprocessing
+    return object_patches(model, data), preprocessing
 
 
 def default_dataset(model: LoadedModel, name: str, n: int, seed: int) -> LabelledPositions:

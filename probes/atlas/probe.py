@@ -26,7 +26,7 @@ USER_IMAGES = ("imagefolder", "ade20k", "coco")
 @run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures)
 def run(model: LoadedModel, config: Config, data: LabelledPositions | None) -> Findings:
     """Where does the label become linearly decodable, and what do the layers look like?"""
-    loader: dict = {"dataset": config.dataset, "seed": config.seed}
+    loader: dict = {"rendered_at": model.image_size} if model.is_vision else {}
     if data is None and config.dataset in USER_IMAGES:
         data, loader = user_images(
             model,

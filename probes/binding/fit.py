@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from probes.binding import compute
 from probes.binding.config import Config
 from workbench.capture import ActivationCache, capture
-from workbench.data.images import ImageFolderSet, Preprocessing, load_image_folder
-from workbench.data.scenes import Scenes, make_binding_scenes, patch_labels
-from workbench.data.segmentation import SegmentationSet, load_ade20k, load_coco
+from workbench.data.images import ImageFolderSet, describe_images, load_images
+from workbench.data.scenes import Scenes, patch_labels
+from workbench.data.segmentation import SegmentationSet
 from workbench.errors import DataError
 from workbench.models import LoadedModel
 from workbench.store import ActivationStore, build_store
@@ -48,23 +48,17 @@ def image_geometry(model: LoadedModel) -> tuple[int, int]:
 
 def load_data(model: LoadedModel, config: Config) -> Data:
     """The dataset the config names, through the model's own preprocessing."""
-    size, _ = image_geometry(model)
-    if config.dataset == "scenes":
-        return make_binding_scenes(config.n_images, size=size, seed=config.seed)
-    prep = Preprocessing.of_model(model)
-    if config.dataset == "ade20k":
-        return load_ade20k(config.data_path, size=prep, split=config.split, n=config.n_images)
-    if config.dataset == "imagefolder":
-        return load_image_folder(config.data_path, prep, n=config.n_images)
-    return load_coco(config.data_path, config.annotations, size=prep, n=config.n_images)
-
-
-def dataset_description(model: LoadedModel, config: Config) -> tuple[str, dict[str, Any]]:
-    """The dataset's name and the loader's preprocessing, for the store's manifest."""
-    if config.dataset == "scenes":
-        return f"binding scenes (seed {config.seed})", {"rendered_at": model.image_size}
-    where = config.data_path + (f" + {config.annotations}" if config.annotations else "")
-    return f"{config.dataset} {where}", Preprocessing.of_model(model).describe()
+    image_geometry(model)
+    data: Data = load_images(
+        model,
+        config.dataset,
+        path=config.data_path,
+        annotations=config.annotations,
+        split=config.split,
+        n=config.n_images,
+        seed=config.seed,
+    )
+    return data
 
 
 def check_data(data: Data, model: LoadedModel) -> None:
@@ -294,7 +288,13 @@ def extract(
     folder = Path(config.store).expanduser()
     if name != "model":
         folder = folder / name
-    dataset, preprocessing = dataset_description(model, config)
+    dataset, preprocessing = describe_images(
+        model,
+        config.dataset,
+        path=config.data_path,
+        annotations=config.annotations,
+        seed=config.seed,
+    )
     store = build_store(
         model,
         data.images,

@@ -88,12 +88,16 @@ def run(model: LoadedModel, config: Config, data: Data | None) -> Findings:
     arrays: dict[str, np.ndarray] = {k: v for part in parts for k, v in part.arrays.items()}
     metrics["patch_size"] = image_geometry(model)[1]
     metrics["headline"] = [
-        "distance_matched_balanced_accuracy",
-        "best_probe",
-        "best_layer",
-        "position_control",
-        "pixel_control",
-        "beats_position_and_pixel_controls",
+        key
+        for key in (
+            "distance_matched_balanced_accuracy",
+            "best_probe",
+            "best_layer",
+            "position_control",
+            "pixel_control",
+            "beats_position_and_pixel_controls",
+        )
+        if key in metrics  # a control left out of ``controls`` has no number
     ]
     return Findings(
         metrics, arrays, analyses.summary(model.spec, metrics), provenance=fitted.provenance

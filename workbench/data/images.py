@@ -255,3 +255,51 @@ def load_image_folder(
         instance_ids=np.stack(instances) if with_masks else None,
         class_ids=np.stack(class_ids) if with_masks else None,
     )
+
+
+# -- one entry for every image dataset ---------------------------------------------------------
+IMAGE_DATASETS = ("scenes", "imagefolder", "ade20k", "coco")
+
+
+def describe_images(
+    model: Any, dataset: str, *, path: str = "", annotations: str = "", seed: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """A name for an image dataset and how its images were preprocessed, for store manifests:
+    the CLI's ``store build`` and a probe's ``store=DIR`` describe the same data alike."""
+    if dataset == "scenes":
+        return f"binding scenes (seed {seed})", {"rendered_at": int(model.image_size)}
+    where = path + (f" + {annotations}" if annotations else "")
+    return f"{dataset} {where}", Preprocessing.of_model(model).describe()
+
+
+def load_images(
+    model: Any,
+    dataset: str,
+    *,
+    path: str = "",
+    annotations: str = "",
+    split: str = "validation",
+    n: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """Images with masks for ``model``: the binding scenes rendered at the model's size
+    (``scenes``), or your files through the model's own preprocessing."""
+    from workbench.data.scenes import make_binding_scenes
+    from workbench.data.segmentation import load_ade20k, load_coco
+
+    if dataset not in IMAGE_DATASETS:
+        raise DataError(f"unknown image dataset {dataset!r}; choose {', '.join(IMAGE_DATASETS)}")
+    if not model.is_vision:
+        raise DataError(f"{model.spec} is a {model.family} model; it takes text, not images")
+    if dataset == "scenes":
+        return make_binding_scenes(n or 160, size=int(model.image_size), seed=seed)
+    if not path:
+        raise DataError(f"dataset {dataset} needs the path of your data folder")
+    prep = Preprocessing.of_model(model)
+    if dataset == "imagefolder":
+        return load_image_folder(path, prep, n=n)
+    if dataset == "ade20k":
+        return load_ade20k(path, size=prep, split=split, n=n)
+    if not annotations:
+        raise DataError("dataset coco needs the instances_*.json annotation file")
+    return load_coco(path, annotations, size=prep, n=n)
