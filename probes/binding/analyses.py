@@ -395,15 +395,15 @@ def _class_decoder(final: Layer, setup: Setup, seed: int) -> Callable[[torch.Ten
         return lambda feats: float("nan")
     rows = []
     for chunk in final.chunks(np.unique(image)):
-        x = final.read(setup.train[chunk])
+        feats = final.read(setup.train[chunk])
         picked = np.isin(image, chunk)
         local = np.searchsorted(chunk, image[picked])
-        rows.append((np.nonzero(picked)[0], x[torch.from_numpy(local), patch[picked]].numpy()))
-    x = np.empty((len(image), final.dim), np.float32)
+        rows.append((np.nonzero(picked)[0], feats[torch.from_numpy(local), patch[picked]].numpy()))
+    train_x = np.empty((len(image), final.dim), np.float32)
     for where, values in rows:
-        x[where] = values
-    scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(max_iter=300, C=1.0).fit(scaler.transform(x), y)
+        train_x[where] = values
+    scaler = StandardScaler().fit(train_x)
+    clf = LogisticRegression(max_iter=300, C=1.0).fit(scaler.transform(train_x), y)
 
     def score(feats: torch.Tensor) -> float:
         xs = scaler.transform(feats[torch.from_numpy(te_mask)].numpy())

@@ -50,9 +50,8 @@ class Preprocessing:
     @classmethod
     def from_config(cls, config: dict[str, Any], image_size: int) -> Preprocessing:
         """From a ``preprocessor_config.json`` dict, as its Hugging Face processor reads it."""
-        resample = int(
-            config.get("resample", _DEFAULT_RESAMPLE.get(config.get("image_processor_type"), 3))
-        )
+        kind = str(config.get("image_processor_type", ""))
+        resample = int(config.get("resample", _DEFAULT_RESAMPLE.get(kind, BICUBIC)))
         resize, shortest = None, None
         size = config.get("size")
         if config.get("do_resize", True) and size is not None:
