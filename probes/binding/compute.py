@@ -327,12 +327,20 @@ def fit_probe_from(
     penalised = [p for name, p in probe.named_parameters() if name not in ("bias", "scale")]
     n_images = same.shape[0]
 
-    def loss_of(rows: np.ndarray, x: torch.Tensor, att: torch.Tensor | None) -> torch.Tensor:
+    def prepared(rows: np.ndarray) -> tuple:
+        """A batch of training images, with only the patches that are in some valid pair."""
+        x, att = read(rows)
         index = torch.from_numpy(rows)
-        b, i, j = valid[index].nonzero(as_tuple=True)
-        target = same[index][b, i, j].float().to(device)
+        x, att, keep = _used_patches(x, att, valid[index])
+        pair_valid = _take_pairs(valid[index], keep)
+        b, i, j = pair_valid.nonzero(as_tuple=True)
+        target = _take_pairs(same[index], keep)[b, i, j].float().to(device)
         weight = torch.where(target > 0, pos_weight, 1.0) / total
-        logits = probe(x, att)[b.to(device), i.to(device), j.to(device)]
+        return x, att, (b.to(device), i.to(device), j.to(device)), target, weight
+
+    def loss_of(batch: tuple) -> torch.Tensor:
+        x, att, pairs, target, weight = batch
+        logits = probe(x, att)[pairs]
         return nn.functional.binary_cross_entropy_with_logits(
             logits, target, weight=weight, reduction="sum"
         )
@@ -345,7 +353,7 @@ def fit_probe_from(
 
     if n_images <= settings.full_batch_images:
         chunks = [
-            (rows, *read(rows))
+            prepared(rows)
             for rows in (
                 np.arange(start, min(start + settings.chunk, n_images))
                 for start in range(0, n_images, settings.chunk)
@@ -364,8 +372,8 @@ def fit_probe_from(
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
             value = 0.0
-            for rows, x, att in chunks:
-                part = loss_of(rows, x, att)
+            for batch in chunks:
+                part = loss_of(batch)
                 part.backward()
                 value += part.item()
             if penalised:
@@ -384,16 +392,42 @@ def fit_probe_from(
             for rows in np.array_split(order, n_batches):
                 rows = np.sort(rows)
                 adam.zero_grad()
-                x, att = read(rows)
                 # each minibatch stands for the whole set: scale its sum to the full total
                 scale = n_images / len(rows)
-                loss = scale * loss_of(rows, x, att)
+                loss = scale * loss_of(prepared(rows))
                 if penalised:
                     loss = loss + penalty()
                 loss.backward()
                 adam.step()
     probe.eval()
     return probe
+
+
+def _used_patches(
+    x: torch.Tensor, att: torch.Tensor | None, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Drop patches that are in no valid pair (background, ambiguous): the bilinear form costs
+    N d^2 + N^2 d per image, so fitting on the used patches alone is several times cheaper.
+
+    Returns x (B, M, d) and att (B, M, M) over each image's used patches in their original order
+    (padded with unused ones up to the batch's largest count M), and ``keep`` (B, M), the
+    original index of each kept patch.
+    """
+    used = valid.any(-1) | valid.any(-2)  # (B, N)
+    m = max(1, int(used.sum(1).max()))
+    keep = torch.argsort((~used).to(torch.int8), dim=1, stable=True)[:, :m]
+    on = keep.to(x.device)
+    x = torch.gather(x, 1, on[..., None].expand(-1, -1, x.shape[-1]))
+    if att is not None:
+        rows = torch.arange(len(on), device=x.device)[:, None, None]
+        att = att[rows, on[:, :, None], on[:, None, :]]
+    return x, att, keep
+
+
+def _take_pairs(pairs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) pair labels restricted to the kept patches: (B, M, M)."""
+    rows = torch.arange(len(keep))[:, None, None]
+    return pairs[rows, keep[:, :, None], keep[:, None, :]]
 
 
 @torch.no_grad()
