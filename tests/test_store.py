@@ -112,6 +112,10 @@ def test_a_store_of_other_activations_is_refused_before_any_work(
     with pytest.raises(DataError, match="another dtype"):
         build_store(vit, images[:4], SITES[:2], tmp_path / "s", dtype=torch.float16)
     assert _files(tmp_path / "s") == before
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "result.json").write_text("{}")
+    with pytest.raises(DataError, match="holds other files"):
+        build_store(vit, images[:4], SITES[:2], tmp_path / "results")
     (tmp_path / "junk").mkdir()
     with pytest.raises(DataError, match="no activation store"):
         open_store(tmp_path / "junk")

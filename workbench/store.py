@@ -316,6 +316,13 @@ def build_store(
         "preprocessing": model_preprocessing(model, preprocessing),
     }
     manifest = _read_manifest(out)
+    if manifest is None and out.is_dir():
+        others = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if others:
+            raise DataError(
+                f"{out} holds other files ({', '.join(sorted(others)[:3])}) and no store; "
+                "choose an empty or new folder for the store"
+            )
     if manifest is None:
         manifest = {
             "format": FORMAT,

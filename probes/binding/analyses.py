@@ -284,9 +284,12 @@ def ablation(model: LoadedModel, fitted: Fitted, config: Config) -> Measured:
     images = setup.data.images[setup.test]
     own_truth = _own_head_truth(model, setup)
 
-    def measure(context: AbstractContextManager[Any]) -> dict[str, float]:
-        with context:
-            feats, logits = _forward_final(model, images, final_site, config.batch_size)
+    def measure(context: AbstractContextManager[Any] | None) -> dict[str, float]:
+        if context is None:  # clean, and no head to score: the extraction pass has it all
+            feats, logits = features[("model", top)].read(setup.test), None
+        else:
+            with context:
+                feats, logits = _forward_final(model, images, final_site, config.batch_size)
         scores = compute.score_pairs(final.probe, final_scaler(feats)).numpy()
         pred = test_pairs.take(scores) > 0
         out = {
@@ -299,7 +302,8 @@ def ablation(model: LoadedModel, fitted: Fitted, config: Config) -> Measured:
             out["own_head_accuracy"] = float(((logits > 0).numpy() == own_truth).mean())
         return out
 
-    conditions: dict[str, list[dict[str, float]]] = {"clean": [measure(nullcontext())]}
+    clean = measure(nullcontext() if own_truth is not None else None)
+    conditions: dict[str, list[dict[str, float]]] = {"clean": [clean]}
     runs = [("binding_remove", binding, "remove"), ("binding_shuffle", binding, "shuffle")]
     for s in range(config.ablation_random):
         d = compute.random_directions(binding.shape[0], rank, config.seed + 1000 + s)
