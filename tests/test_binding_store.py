@@ -69,3 +69,20 @@ def test_binding_from_the_store_equals_binding_from_memory(tmp_path, monkeypatch
         for name, array in memory.arrays.items():
             if array.dtype.kind == "f":
                 assert np.allclose(result.arrays[name], array, atol=1e-6, equal_nan=True), name
+
+
+def test_a_store_of_another_model_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    from probes.binding import probe as binding_probe
+    from workbench.errors import DataError
+
+    lm = load_model("zoo:vit-binding-contrast")
+    other = load_model("zoo:vit-binding-mae")
+    images = binding.load_data(other, binding.Config(n_images=10))
+    store_module.build_store(other, images.images[:4], ["blocks.0.resid_pre"], tmp_path / "s")
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("data was loaded before the store was checked")
+
+    monkeypatch.setattr(binding_probe, "load_data", heavy)
+    with pytest.raises(DataError, match="another model"):
+        binding.run(lm, binding.Config(store=str(tmp_path / "s")))

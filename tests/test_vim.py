@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -230,7 +232,7 @@ def test_scan_blocks_keep_every_span_within_the_limit():
     S = torch.cumsum(delta, dim=1)
     blocks = compute.scan_blocks(S, A, limit=5.0)
     assert blocks[0][0] == 0 and blocks[-1][1] == 60
-    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
     rate = A.abs().amax(-1)
     for start, stop in blocks:
         assert float(((S[:, stop - 1] - S[:, start]) * rate).max()) <= 5.0

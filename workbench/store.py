@@ -345,6 +345,23 @@ def build_store(
     return store
 
 
+def check_model(path: str | Path, model: LoadedModel) -> None:
+    """Refuse, before any data is read, a store folder built from another model (no-op when the
+    folder holds no store yet): the cheap part of ``check_reusable``."""
+    path = Path(path).expanduser()
+    manifest = _read_manifest(path)
+    if manifest is None:
+        return
+    key = {"model": model_key(model), "tokens": token_layout(model)}
+    for name, value in key.items():
+        if manifest["key"][name] != value:
+            raise DataError(
+                f"the store at {path} was built from another model: it has {name}="
+                f"{json.dumps(manifest['key'][name])[:200]}, this run needs "
+                f"{json.dumps(value)[:200]}; use another store folder or delete this one"
+            )
+
+
 def check_reusable(
     manifest: Mapping[str, Any],
     path: Path,

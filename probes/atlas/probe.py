@@ -15,7 +15,7 @@ from workbench.capture import capture
 from workbench.maps import project_2d
 from workbench.models import LoadedModel
 from workbench.probe import Findings, run_frame
-from workbench.store import build_store
+from workbench.store import build_store, check_model
 
 NAME = "atlas"
 FAMILIES = ("vit", "encoder", "causal-lm")
@@ -23,7 +23,13 @@ DEFAULT_MODELS = ("zoo:vit-scenes", "zoo:minilm")
 USER_IMAGES = ("imagefolder", "ade20k", "coco")
 
 
-@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures)
+def check(model: LoadedModel, config: Config) -> None:
+    """A store of another model is refused before any data is read."""
+    if config.store:
+        check_model(config.store, model)
+
+
+@run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
 def run(model: LoadedModel, config: Config, data: LabelledPositions | None) -> Findings:
     """Where does the label become linearly decodable, and what do the layers look like?"""
     loader: dict = {"rendered_at": model.image_size} if model.is_vision else {}

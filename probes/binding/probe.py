@@ -30,6 +30,7 @@ from probes.binding.plots import figures
 from workbench.errors import DataError
 from workbench.models import LoadedModel
 from workbench.probe import Findings, run_frame
+from workbench.store import check_model
 from workbench.threads import torch_threads
 
 NAME = "binding"
@@ -59,6 +60,8 @@ def check(model: LoadedModel, config: Config) -> None:
             )
     if "attention" in config.probes and not model.n_heads:
         raise DataError(f"{model.spec} has no attention heads; drop attention from probes")
+    if config.store:
+        check_model(config.store, model)
 
 
 @run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
