@@ -112,8 +112,11 @@ class Config(ProbeConfig):
     bootstrap: int = 300
     """Bootstrap resamples of test images for the model-minus-control intervals."""
     batch_size: int = 32
-    threads: int = 0
-    """Torch threads for the run (restored afterwards); 0 = every core."""
+    threads: int = 1
+    """Torch threads for the run (restored afterwards); 0 = every core. One is the default
+    because it measured faster on a shared 2-core machine for both parts of a ViT-B run (probe
+    fit 9.3 s vs 24.1 s, forward of 8 images 20.6 s vs 25.0 s at load 9); on an idle machine
+    with more cores, 0 may win."""
 
     def check(self) -> None:
         require(
