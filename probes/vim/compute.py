@@ -71,20 +71,35 @@ def hidden_attention(
     _check_scan_inputs(delta, A, B, C)
     dtype = _work_dtype(delta, A, B, C)
     batch, L, E = delta.shape
+    N = A.shape[1]
     S = torch.cumsum(delta.double(), dim=1).transpose(1, 2)  # (batch, E, L)
     rates = A.to(dtype)[None, :, None, :]  # (1, E, 1, N)
     drive = B.to(dtype)[:, None] * delta.to(dtype).transpose(1, 2)[..., None]  # (b, E, L, N)
     Cv = C.to(dtype)[:, None]  # (batch, 1, L, N)
-    alpha = torch.zeros(batch, E, L, L, dtype=dtype, device=delta.device)
+    alpha = torch.empty(batch, E, L, L, dtype=dtype, device=delta.device)
+    # Q_j for the current reference; moving the reference on multiplies the earlier columns by
+    # exp(A (R_new − R_old)) ≤ 1 instead of recomputing their exponentials.
+    cols = torch.empty(batch, E, L, N, dtype=dtype, device=delta.device)
+    previous = None
     for start, stop in scan_blocks(S.transpose(1, 2), A, block=block):
         ref = S[:, :, stop - 1 : stop]  # (batch, E, 1)
+        if previous is not None:
+            cols[:, :, :start] *= torch.exp((ref - previous).to(dtype)[..., None] * rates)
+        cols[:, :, start:stop] = drive[:, :, start:stop] * torch.exp(
+            (ref - S[:, :, start:stop]).to(dtype)[..., None] * rates
+        )
+        previous = ref
         rows = Cv[:, :, start:stop] * torch.exp(
             (S[:, :, start:stop] - ref).to(dtype)[..., None] * rates
         )
-        cols = drive[:, :, :stop] * torch.exp((ref - S[:, :, :stop]).to(dtype)[..., None] * rates)
-        out = torch.matmul(rows, cols.transpose(-1, -2))  # (batch, E, stop − start, stop)
-        out[..., start:].tril_()  # inside the block: j ≤ i only
-        alpha[:, :, start:stop, :stop] = out
+        out = alpha[:, :, start:stop, :stop].view(batch * E, stop - start, stop)
+        torch.bmm(
+            rows.reshape(batch * E, stop - start, N),
+            cols[:, :, :stop].view(batch * E, stop, N).transpose(1, 2),
+            out=out,
+        )
+        alpha[:, :, start:stop, start:stop].tril_()  # inside the block: j ≤ i only
+        alpha[:, :, start:stop, stop:] = 0
     return alpha
 
 
