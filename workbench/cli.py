@@ -1,4 +1,4 @@
-"""The ``workbench`` command: list, run, demo, sweep, report, export, compare, zoo.
+"""The ``workbench`` command: list, run, demo, sweep, report, export, compare, zoo, store.
 
 Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
 a traceback.
@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+store_app = typer.Typer(help="Activation stores: extract once, probe many.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 
 def _describe(err: Exception) -> str:
@@ -308,6 +310,71 @@ def zoo_build(
         metrics = build(name, out)
     for key, value in metrics.items():
         typer.echo(f"  {key}: {value}")
+
+
+@store_app.command("build")
+def store_build(
+    model: Annotated[str, typer.Option(help="hub id, local folder or zoo:NAME")],
+    out: Annotated[Path, typer.Option(help="the store folder (created, resumed or appended to)")],
+    sites: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated site names, kinds (resid_post = every block's) or patterns "
+            "(blocks.*.attn.W_Q.input)"
+        ),
+    ] = "blocks.0.resid_pre,resid_post",
+    data: Annotated[str, typer.Option(help="scenes, imagefolder, ade20k or coco")] = "scenes",
+    data_path: Annotated[str, typer.Option(help="your data folder (not for scenes)")] = "",
+    annotations: Annotated[str, typer.Option(help="COCO: the instances_*.json file")] = "",
+    split: Annotated[str, typer.Option(help="ADE20K: training or validation")] = "validation",
+    n: Annotated[int, typer.Option(help="images to store (the first n)")] = 160,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic scenes")] = 0,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+) -> None:
+    """Run a vision model over a dataset once and keep chosen sites on disk (resumable)."""
+    import torch
+
+    from workbench.data.images import describe_images, load_images
+    from workbench.models import load_model
+    from workbench.store import build_store, resolve_sites
+
+    with _one_line_errors():
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise WorkbenchError(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
+        if n < 1 or batch_size < 1:
+            raise WorkbenchError("--n and --batch-size must be at least 1")
+        lm = load_model(model)
+        names = resolve_sites(lm, sites)
+        images = load_images(
+            lm, data, path=data_path, annotations=annotations, split=split, n=n, seed=seed
+        )
+        name, preprocessing = describe_images(
+            lm, data, path=data_path, annotations=annotations, seed=seed
+        )
+        store = build_store(
+            lm,
+            images.images,
+            names,
+            out,
+            dataset=name,
+            preprocessing=preprocessing,
+            batch_size=batch_size,
+            dtype=getattr(torch, dtype),
+        )
+    what = "reused as it was" if store.reused else f"{store.computed_rows} rows computed"
+    typer.echo(f"{out}: {store.n_rows} rows x {len(store.sites)} sites ({what})")
+
+
+@store_app.command("info")
+def store_info(
+    folder: Annotated[Path, typer.Argument(help="a store folder")],
+) -> None:
+    """What a store holds: model, dataset, token layout, preprocessing, sites and shapes."""
+    from workbench.store import open_store
+
+    with _one_line_errors():
+        typer.echo(open_store(folder).describe())
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m workbench.cli`

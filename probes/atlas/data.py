@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from workbench.data.images import ImageFolderSet, describe_images, load_images
 from workbench.data.scenes import make_scenes, patch_labels
+from workbench.data.segmentation import SegmentationSet
 from workbench.data.words import word_sentences
 from workbench.errors import DataError
 from workbench.models import LoadedModel
@@ -132,6 +135,68 @@ def word_tokens(model: LoadedModel, n: int, *, seed: int = 0) -> LabelledPositio
             "word": np.array([s.word for s in kept]),
         },
     )
+
+
+def class_token_labels(model: LoadedModel, data: ImageFolderSet) -> LabelledPositions:
+    """Your ImageFolder images; label = the image's class, read at the class token (token 0)."""
+    if model.n_prefix_tokens < 1:
+        raise DataError(f"{model.spec} has no class token to read an image's label at")
+    names = tuple(data.class_names[1:])
+    n = len(data)
+    return LabelledPositions(
+        inputs=data.images,
+        positions=np.stack([np.arange(n), np.zeros(n, dtype=np.int64)], axis=1),
+        labels=data.labels,
+        label_names=names,
+        groups=np.arange(n),
+        hover=np.array(
+            [
+                f"{Path(src).name}: {names[y]}"
+                for src, y in zip(data.sources, data.labels, strict=True)
+            ]
+        ),
+        label_title="image class",
+    )
+
+
+def object_patches(model: LoadedModel, data: SegmentationSet) -> LabelledPositions:
+    """Your ADE20K or COCO images; label = the class of the object under each patch."""
+    patch = int(model.patch_size or 0)
+    per_patch = patch_labels(data.class_ids, patch)
+    image_idx, patch_idx = np.nonzero(per_patch > 0)
+    if not len(image_idx):
+        raise DataError("no patch is covered by a labelled object; use other images")
+    present, labels = np.unique(per_patch[image_idx, patch_idx], return_inverse=True)
+    names = tuple(data.class_names[c] or f"class {c}" for c in present)
+    side = int(model.image_size or 0) // patch
+    rows, cols = patch_idx // side, patch_idx % side
+    hover = np.array(
+        [
+            f"{Path(data.sources[i]).name}, patch row {r} col {c}: {names[y]}"
+            for i, r, c, y in zip(image_idx, rows, cols, labels, strict=True)
+        ]
+    )
+    return LabelledPositions(
+        inputs=data.images,
+        positions=np.stack([image_idx, patch_idx + model.n_prefix_tokens], axis=1),
+        labels=labels.astype(np.int64),
+        label_names=names,
+        groups=image_idx,
+        hover=hover,
+        label_title="object class",
+        colourings={"patch_row": rows.astype(str), "image": image_idx.astype(str)},
+    )
+
+
+def user_images(
+    model: LoadedModel, name: str, path: str, annotations: str, split: str, n: int
+) -> tuple[LabelledPositions, dict]:
+    """Your images on disk through the model's own preprocessing, and that preprocessing."""
+    data = load_images(model, name, path=path, annotations=annotations, split=split, n=n)
+    _, preprocessing = describe_images(model, name, path=path, annotations=annotations)
+    if isinstance(data, ImageFolderSet):
+        return class_token_labels(model, data), preprocessing
+    return object_patches(model, data), preprocessing
 
 
 def default_dataset(model: LoadedModel, name: str, n: int, seed: int) -> LabelledPositions:
