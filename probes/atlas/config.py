@@ -5,16 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from workbench.probe import Metric, ProbeConfig, at_least, between
+from workbench.data.labelled_text import TEXT_FORMATS, check_text_file
+from workbench.errors import ConfigError, DataError
+from workbench.probe import Metric, ProbeConfig, at_least, between, require
 
 MAX_INPUTS = 100_000
 
 
 @dataclass(frozen=True)
 class Config(ProbeConfig):
-    dataset: Literal["auto", "scenes", "words"] = "auto"
+    dataset: Literal["auto", "scenes", "words", "csv", "jsonl"] = "auto"
     """``scenes`` (vision: object class under each patch), ``words`` (text: semantic category of
-    a word in a neutral sentence), or ``auto`` to pick by the model's family."""
+    a word in a neutral sentence), ``auto`` to pick by the model's family, or your own labelled
+    text in ``data_path``: ``csv`` or ``jsonl`` with columns ``text,label`` (a label per text,
+    read at its last token) or ``text,word,label`` (a label per word, read at the word's last
+    token); JSON Lines may instead give ``words`` and ``labels`` lists (null: no label). An
+    optional ``group`` column keeps rows that share it on one side of every CV split."""
+    data_path: str = ""
+    """The CSV or JSON Lines file of ``dataset=csv`` / ``dataset=jsonl``."""
     site_kind: Literal["resid_pre", "resid_post", "attn.out", "mlp.in", "mlp.out"] = "resid_post"
     """Which site of each block to read; the embedding output is always added as layer 0."""
     n_inputs: int = 240
@@ -32,6 +40,15 @@ class Config(ProbeConfig):
     batch_size: int = 16
 
     def check(self) -> None:
+        require(
+            self.dataset not in TEXT_FORMATS or bool(self.data_path),
+            f"dataset={self.dataset} needs data_path=<your .{self.dataset} file>",
+        )
+        if self.dataset in TEXT_FORMATS:
+            try:
+                check_text_file(self.data_path, self.dataset)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
         at_least(self, 2, "n_inputs", "folds", "umap_neighbors")
         at_least(self, 10, "max_points")
         at_least(self, 1, "batch_size")

@@ -23,7 +23,9 @@ DEFAULT_MODELS = ("zoo:vit-scenes", "zoo:minilm")
 def run(model: LoadedModel, config: Config, data: LabelledPositions | None) -> Findings:
     """Where does the label become linearly decodable, and what do the layers look like?"""
     if data is None:
-        data = default_dataset(model, config.dataset, config.n_inputs, config.seed)
+        data = default_dataset(
+            model, config.dataset, config.n_inputs, config.seed, config.data_path
+        )
 
     keep = compute.subsample(data.labels, config.max_points, config.seed)
     positions, labels, groups = data.positions[keep], data.labels[keep], data.groups[keep]
