@@ -226,6 +226,11 @@ def test_extra_pages_get_the_navigation_and_stale_pages_go(tmp_path: Path) -> No
     assert 'href="probe-atlas.html"' in extra and 'aria-current="page"' in extra
     summary = (tmp_path / "index.html").read_text()
     assert 'href="compare-atlas.html"' in summary and "held-out accuracy of every run" in summary
+    written = ReportPage(slug="sweep-x", title="a sweep", body=None)  # written by its caller
+    (tmp_path / "sweep-x.html").write_text("<p>the caller's page</p>")
+    build_report(tmp_path, extra_pages=[page, written])
+    assert 'href="sweep-x.html"' in (tmp_path / "probe-atlas.html").read_text()
+    assert (tmp_path / "sweep-x.html").read_text() == "<p>the caller's page</p>"
     (tmp_path / "notes.html").write_text("<p>mine</p>")  # a page the report did not write
     shutil.rmtree(tmp_path / "patching")
     build_report(tmp_path)
@@ -233,6 +238,7 @@ def test_extra_pages_get_the_navigation_and_stale_pages_go(tmp_path: Path) -> No
         "index.html",
         "notes.html",
         "probe-atlas.html",
+        "sweep-x.html",  # not the report's to remove
     ]
     with pytest.raises(WorkbenchError, match="slug"):
         ReportPage(slug="../x", title="x", body="")

@@ -53,13 +53,15 @@ class ReportPage:
 
     ``body`` is the page's own HTML (trusted: the caller builds it, escaping what it quotes);
     ``embed_figure`` gives the HTML that draws a plotly figure in it. The report adds the
-    navigation, the styles and the shared plotly.js, and lists the page under ``section``.
+    navigation, the styles and the shared plotly.js, and lists the page under ``section``. With
+    ``body=None`` the caller writes ``SLUG.html`` beside ``index.html`` itself (loading the same
+    ``plotly.min.js``) and the report only links it.
     """
 
     slug: str
     """File name without ``.html``: letters, digits, ``-`` and ``_``."""
     title: str
-    body: str
+    body: str | None
     section: str = "Comparisons"
     description: str = ""
     """One line for the summary page's list of extra pages."""
@@ -153,10 +155,11 @@ def build_report(
     for probe, results in entries.items():
         pages[site.pages[probe]] = _probe_page(site, probe, results)
     for page in site.extra:
-        pages[f"{page.slug}.html"] = _extra_page(site, page)
+        if page.body is not None:
+            pages[f"{page.slug}.html"] = _extra_page(site, page)
     for name, text in pages.items():
         _write(root / name, text)
-    _remove_stale_pages(root, keep=set(pages))
+    _remove_stale_pages(root, keep=set(pages) | {f"{p.slug}.html" for p in site.extra})
     return root / INDEX_FILE
 
 
@@ -492,7 +495,8 @@ def _summary_page(site: _Site) -> str:
 
 
 def _extra_page(site: _Site, page: ReportPage) -> str:
-    body = f'<main class="single"><h2 class="page-title">{_esc(page.title)}</h2>{page.body}</main>'
+    title = f'<h2 class="page-title">{_esc(page.title)}</h2>'
+    body = f'<main class="single">{title}{page.body or ""}</main>'
     return _page(site, f"{page.title} · {site.title}", f"{page.slug}.html", body)
 
 
