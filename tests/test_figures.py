@@ -226,3 +226,20 @@ def test_fit_cell_keeps_narrow_figures_and_legends_inside() -> None:
     assert fitted.layout.width == 500
     assert fitted.layout.height - fitted.layout.margin.t == 300 - 64  # the plot keeps its size
     assert (fitted.layout.legend.x, fitted.layout.legend.y) == (0.02, 0.98)
+
+
+def test_every_probe_figure_is_fitted_by_the_run_frame(scratch_models) -> None:
+    from workbench.models import load_model
+    from workbench.probe import Findings, ProbeConfig, run_frame
+
+    def wide(_result) -> dict[str, go.Figure]:
+        fig = new_figure(title="wide", width=1500)
+        for k in range(2):
+            fig.add_scatter(x=[0, 1], y=[k, k], name=f"series {k}")
+        return {"wide": fig}
+
+    run = run_frame(name="toy", config=ProbeConfig, families=("encoder",), figures=wide)(
+        lambda m, c, d: Findings({"v": 1.0}, {})
+    )
+    fig = run(load_model(scratch_models["bert"])).figures["wide"]
+    assert fig.layout.width is None and fig.layout.legend.yref == "container"
