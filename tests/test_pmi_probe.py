@@ -143,9 +143,10 @@ def test_difficulty_sweep_equals_a_direct_recomputation(result, zoo_pmi):
     control = load_model(config.control)
     last = zoo_pmi.model.config.n_steps - 1
     assert np.array_equal(a["difficulty_facts_per_slot"], [0.5, 2.0])
-    assert np.array_equal(a["difficulty_n_facts"], [4, 16])
+    n_slots = zoo_pmi.config.n_slots
+    assert np.array_equal(a["difficulty_n_facts"], [round(0.5 * n_slots), 2 * n_slots])
     for j, load in enumerate(config.facts_per_slot):
-        stories = recall_stories(40, facts_per_slot=load, n_slots=8, seed=config.seed + 1 + j)
+        stories = recall_stories(40, facts_per_slot=load, n_slots=n_slots, seed=config.seed + 1 + j)
         truth = np.array([s.answer_index for s in stories])
         batch = zoo_pmi.encode_texts([s.text for s in stories])
         with torch.no_grad():
@@ -285,7 +286,7 @@ def test_wrong_models_and_bad_configs_fail_before_work(zoo_pmi, scratch_models, 
     monkeypatch.setattr(pmi_probe_module, "load_control", no_work)
     monkeypatch.setattr(pmi_probe_module, "make_stories", no_work)
     with pytest.raises(DataError, match="lower facts_per_slot"):
-        pmi.run(zoo_pmi, pmi.Config(facts_per_slot=(1.0, 3.0)))  # 24 facts: 148 tokens
+        pmi.run(zoo_pmi, pmi.Config(facts_per_slot=(1.0, 3.0)))  # 12 facts: 76 tokens
     with pytest.raises(FamilyError, match="Transformer control"):
         pmi.run(load_model("zoo:pmi-stories-control"))
     with pytest.raises(FamilyError, match="must be a pmi model"):

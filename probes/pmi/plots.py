@@ -134,17 +134,16 @@ def difficulty_figure(result: ProbeResult) -> go.Figure:
         horizontal_spacing=0.12,
         subplot_titles=["accuracy on held-out recall stories", "LTM share of the question's read"],
     )
-    lines = [("difficulty_accuracy", f"PMI ({result.provenance['model_spec']})", "solid", 0)]
+    lines = [(a["difficulty_accuracy"], f"PMI ({result.provenance['model_spec']})", "solid", 0)]
     if "difficulty_control_accuracy" in a:
         control = result.provenance.get("control_spec", "control")
         lines.append(
-            ("difficulty_control_accuracy", f"Transformer control ({control})", "solid", 1)
+            (a["difficulty_control_accuracy"], f"Transformer control ({control})", "solid", 1)
         )
     if "difficulty_ablation_names" in a:
         for j, label in enumerate(a["difficulty_ablation_names"].tolist()):
-            lines.append((j, f"PMI, {label}", "dash", 3 + j))
-    for key, name, dash, colour in lines:
-        y = a["difficulty_ablation_accuracy"][:, key] if isinstance(key, int) else a[key]
+            lines.append((a["difficulty_ablation_accuracy"][:, j], f"PMI, {label}", "dash", 3 + j))
+    for y, name, dash, colour in lines:
         fig.add_trace(
             go.Scatter(
                 x=x,
@@ -185,12 +184,11 @@ def difficulty_figure(result: ProbeResult) -> go.Figure:
         fig.update_xaxes(title_text="story length: facts per WM slot", row=1, col=col)
     fig.update_layout(
         template=TEMPLATE,
-        title="Does long-term memory carry the long stories?<br><sup>recall stories longer "
-        "than working memory holds; dashed: PMI with one read path zeroed at every step; the "
-        "LTM share is |(1-g) U_wl| / (|g U_w| + |(1-g) U_wl|) on the question's tokens</sup>",
-        legend={"orientation": "h", "y": -0.25},
-        height=520,
-        margin={"t": 110},
+        title="Does long-term memory carry the long stories?<br><sup>recall stories from half "
+        "a fact to two facts per working-memory slot; dashed: PMI with one read path zeroed at "
+        "every step; the LTM share is |(1-g) U_wl| / (|g U_w| + |(1-g) U_wl|) on the question's "
+        "tokens at the last step</sup>",
+        height=480,
     )
     return fig
 

@@ -272,7 +272,9 @@ def difficulty_sweep(
         )
         batch = _encode(model, stories)
         truth = np.array([s.answer_index for s in stories])
-        cache = capture(model, batch, ["logits", *reads], batch_size=config.batch_size)
+        cache = capture(
+            model, batch, ["logits", *reads], batch_size=config.batch_size, dtype=torch.float32
+        )
         try:
             pred = cache["logits"].argmax(-1).numpy()
             share_wm = compute.read_share_wm(*(cache[site].numpy() for site in reads))
