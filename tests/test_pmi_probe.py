@@ -201,6 +201,24 @@ def test_probe_leaves_no_hooks(zoo_pmi, result):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in zoo_pmi.model.modules())
 
 
+def test_a_sweep_that_fails_inside_an_ablation_leaves_no_hooks(zoo_pmi, monkeypatch):
+    """The sweep's own hooks come off when it fails (called directly, without the run frame
+    that would also clean up after it)."""
+    from probes.pmi import probe as pmi_probe_module
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(pmi_probe_module, "predict", fails)  # called only inside the ablations
+    digest = zoo_pmi.digest()
+    config = pmi.Config(n_stories=12, n_examples=2, control="", n_per_difficulty=12)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        pmi.probe.difficulty_sweep(zoo_pmi, None, config)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in zoo_pmi.model.modules())
+    zoo_pmi._digest = None
+    assert zoo_pmi.digest() == digest
+
+
 def test_result_tensors_obey_the_equations(result, zoo_pmi):
     a = result.arrays
     cfg = zoo_pmi.model.config
