@@ -155,9 +155,13 @@ def test_difficulty_sweep_equals_a_direct_recomputation(result, zoo_pmi):
             zeroed = {f"steps.{t}.read.ltm": torch.zeros_like for t in range(last + 1)}
             with hooks(zoo_pmi, zeroed):
                 no_ltm = (zoo_pmi(**batch).logits.argmax(-1).numpy() == truth).mean()
+            zeroed = {f"steps.{t}.read.wm": torch.zeros_like for t in range(last + 1)}
+            with hooks(zoo_pmi, zeroed):
+                no_wm = (zoo_pmi(**batch).logits.argmax(-1).numpy() == truth).mean()
         assert a["difficulty_accuracy"][j] == pytest.approx(accuracy)
         assert a["difficulty_control_accuracy"][j] == pytest.approx(control_accuracy)
         assert a["difficulty_accuracy_no_ltm_read"][j] == pytest.approx(no_ltm)
+        assert a["difficulty_accuracy_no_wm_read"][j] == pytest.approx(no_wm)
         # the LTM share, slowly: question tokens (the last four) at the last step
         sites = [f"steps.{last}.{s}" for s in ("read.wm", "correction.out", "integration.gate")]
         cache = capture(zoo_pmi, batch, sites, progress=False)
@@ -260,7 +264,13 @@ def test_planted_writes_and_reads_are_recovered_through_the_probe(zoo_pmi):
     planted = {f"steps.{t}.write.attn": plant_writes for t in range(n_steps)}
     planted |= {f"steps.{t}.integration.gate": torch.ones_like for t in range(n_steps)}
     config = pmi.Config(
-        n_stories=12, n_examples=12, slot_map="none", ablations=False, batch_size=64, control=""
+        n_stories=12,
+        n_examples=12,
+        slot_map="none",
+        ablations=False,
+        batch_size=64,
+        control="",
+        facts_per_slot=(),  # the planted writes fit these stories only
     )
     with hooks(zoo_pmi, planted):
         out = pmi.run(zoo_pmi, config, data=stories)

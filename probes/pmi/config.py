@@ -98,6 +98,13 @@ METRICS = (
         over="difficulty_facts_per_slot",
     ),
     Metric(
+        "difficulty_accuracy_no_wm_read",
+        "recall accuracy without the WM read, by facts per WM slot",
+        better="neither",
+        percent=True,
+        over="difficulty_facts_per_slot",
+    ),
+    Metric(
         "difficulty_ltm_read_share",
         "LTM share of the question's read (last step), by facts per WM slot",
         better="neither",

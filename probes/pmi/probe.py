@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -306,7 +307,8 @@ def _sweep_metrics(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """The sweep's curves as lists keyed by difficulty, for the metrics and the summary."""
     loads = [f"{v:g}" for v in arrays["difficulty_facts_per_slot"]]
     out: dict[str, Any] = {}
-    for key in ("accuracy", "control_accuracy", "ltm_read_share", "accuracy_no_ltm_read"):
+    keys = ("accuracy", "control_accuracy", "ltm_read_share")
+    for key in (*keys, "accuracy_no_ltm_read", "accuracy_no_wm_read"):
         if f"difficulty_{key}" in arrays:
             values = arrays[f"difficulty_{key}"]
             out[f"difficulty_{key}"] = {
@@ -381,6 +383,9 @@ def _dataset_arrays(
         recency[i, :, : len(s.facts)] = fact_share[:, ::-1]  # column 0: the most recent fact
         is_support = np.isin(np.arange(len(s.facts)), s.supporting)
         support.append(facts[:, is_support].mean(-1) / np.maximum(facts.mean(-1), 1e-12))
+    with warnings.catch_warnings():  # a role no story has (objects, in moves-only tasks): NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        share_by_role = np.nanmean(share, axis=0)
     return {
         "roles": np.array(compute.ROLES),
         "ltm_norm_mean": norms.mean(0),
@@ -391,7 +396,7 @@ def _dataset_arrays(
         "ltm_update_std": updates.std(0),
         "ltm_drift_mean": drift.mean(0),
         "ltm_drift_std": drift.std(0),
-        "read_share_by_role": np.nanmean(share, axis=0),
+        "read_share_by_role": share_by_role,
         "write_by_role": write.mean(0),
         "support_write_ratio": np.stack(support).mean(0),
         "write_by_recency": np.nanmean(recency, axis=0),  # (S, max facts)
@@ -575,7 +580,10 @@ def _summary(spec: str, m: dict[str, Any]) -> str:
             if "difficulty_control_accuracy" in m:
                 part += f" vs control {m['difficulty_control_accuracy'][load]:.0%}"
             if "difficulty_accuracy_no_ltm_read" in m:
-                part += f", {m['difficulty_accuracy_no_ltm_read'][load]:.0%} without the LTM read"
+                part += (
+                    f", {m['difficulty_accuracy_no_ltm_read'][load]:.0%} without the LTM read, "
+                    f"{m['difficulty_accuracy_no_wm_read'][load]:.0%} without the WM read"
+                )
             part += f", LTM share {m['difficulty_ltm_read_share'][load]:.0%}"
             parts.append(part)
         text += (
