@@ -103,6 +103,14 @@ def _quick_copy(source: Path, target: Path) -> None:
     nbformat.write(nb, target)
 
 
+def _sweep_to_compare(folder: Path) -> None:
+    """Three saved binding runs in a sweep folder: what compare.ipynb shows in the browser."""
+    from test_compare import binding_run, saved_sweep
+
+    folder.mkdir()
+    saved_sweep(folder, [binding_run(f"zoo:vit-{k}", 0.05 * k) for k in range(3)])
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     home = tmp_path_factory.mktemp("lab")
@@ -110,6 +118,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root.mkdir()
     for path in NOTEBOOKS.glob("*.ipynb"):
         _quick_copy(path, root / path.name)
+    _sweep_to_compare(home / "results")  # compare.ipynb reads ../results
     _lab_settings(home / "settings")
     port, token = _free_port(), "workbench-browser-test"
     env = {
@@ -462,10 +471,19 @@ def change_reweave_explorer(page) -> tuple[str, str]:
     return before, _wait_redrawn(page, handle, before)
 
 
+def change_compare_explorer(page) -> tuple[str, str]:
+    """Show another metric: the explorer's figure is redrawn."""
+    explorer, handle = _explorer(page, ".widget-select-multiple")
+    before = handle.evaluate(DRAWING_JS)
+    explorer.locator(".widget-dropdown select").select_option(index=1)
+    return before, _wait_redrawn(page, handle, before)
+
+
 CONTROLS: dict[str, Callable] = {
     "00_tour.ipynb": change_atlas_explorer,
     "atlas.ipynb": change_atlas_explorer,
     "binding.ipynb": change_binding_explorer,
+    "compare.ipynb": change_compare_explorer,
     "curvature.ipynb": change_curvature_explorer,
     "pmi.ipynb": change_pmi_explorer,
     "reweave.ipynb": change_reweave_explorer,

@@ -117,7 +117,8 @@ def _curves(
         title += f"<br><sup>floors in each run's colour: {', '.join(floors)}</sup>"
     fig = new_figure(
         title=title,
-        yaxis_title=metric.label if not metric.against else _readable(metric.key),
+        # the title names the metric; the axis only its unit, so a long name is never cut off
+        yaxis_title=_readable(metric.key) if metric.against else (metric.unit or None),
         xaxis_title=_readable(metric.against) if metric.against else None,
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
     )
