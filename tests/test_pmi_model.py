@@ -237,6 +237,37 @@ def test_padding_does_not_change_a_story():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", pmi.ARCHITECTURES)
+def test_positions_from_end_count_back_from_the_last_real_token(architecture):
+    torch.manual_seed(0)
+    cfg = _cfg(architecture=architecture, positions="from_end", max_positions=12)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.embed.weight.zero_()
+        model.pos_embed.weight.copy_(torch.arange(12.0)[:, None].expand(12, 16))
+    lm = pmi.LoadedModel("test", "pmi", model, None, pmi.site_map(cfg), 3, 16, "pmi")
+    ids = torch.tensor([[5, 6, 7, 8, 0, 0], [5, 6, 7, 8, 9, 10], [0, 0, 7, 8, 9, 10]])
+    mask = (ids > 0).long()
+    cache = capture(lm, {"input_ids": ids, "attention_mask": mask}, ["blocks.0.resid_pre"])
+    position = cache["blocks.0.resid_pre"][..., 0]
+    cache.close()
+    assert position[0, :4].tolist() == [3, 2, 1, 0]  # right padding
+    assert position[1].tolist() == [5, 4, 3, 2, 1, 0]
+    assert position[2, 2:].tolist() == [3, 2, 1, 0]  # left padding: the same count
+    # a story's last tokens sit at the same positions whatever comes before them
+    story = torch.randint(1, cfg.vocab_size, (1, 7))
+    model = build_model(cfg).eval()
+    longer = torch.cat([torch.randint(1, cfg.vocab_size, (1, 3)), story], 1)
+    padded = torch.cat([story, torch.zeros(1, 3, dtype=torch.long)], 1)
+    with torch.no_grad():
+        a = model(story, torch.ones_like(story)).logits
+        b = model(padded, (padded > 0).long()).logits
+        c = model(longer, torch.ones_like(longer)).logits
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
+    with pytest.raises(DataError, match="positions must be one of"):
+        _cfg(positions="relative")
+
+
 def test_control_has_attention_patterns_and_unshared_layers():
     cfg = _cfg(architecture="transformer", share_layers=False)
     model = build_model(cfg).eval()

@@ -11,13 +11,20 @@ from probes import pmi
 from probes.pmi import compute
 from probes.pmi.plots import figures
 from probes.pmi.widget import PMIExplorer
-from workbench.capture import hooks
-from workbench.data.stories import QUESTION, make_stories
+from workbench.capture import capture, hooks
+from workbench.data.stories import QUESTION, make_stories, recall_stories
 from workbench.errors import ConfigError, DataError, FamilyError
 from workbench.models import load_model
 from workbench.results import ProbeResult
 
-QUICK = {"n_stories": 45, "n_examples": 3, "slot_map": "pca", "max_map_points": 600}
+QUICK = {
+    "n_stories": 48,
+    "n_examples": 3,
+    "slot_map": "pca",
+    "max_map_points": 600,
+    "facts_per_slot": (0.5, 2.0),
+    "n_per_difficulty": 40,
+}
 
 
 # -- measurements on planted data --------------------------------------------------------------
@@ -131,9 +138,89 @@ def test_trained_pmi_beats_chance_and_reports_its_control(result):
     assert result.provenance["control_spec"] == "zoo:pmi-stories-control"
 
 
+def test_difficulty_sweep_equals_a_direct_recomputation(result, zoo_pmi):
+    a, config = result.arrays, pmi.Config(**QUICK)
+    control = load_model(config.control)
+    last = zoo_pmi.model.config.n_steps - 1
+    assert np.array_equal(a["difficulty_facts_per_slot"], [0.5, 2.0])
+    n_slots = zoo_pmi.config.n_slots
+    assert np.array_equal(a["difficulty_n_facts"], [round(0.5 * n_slots), 2 * n_slots])
+    for j, load in enumerate(config.facts_per_slot):
+        stories = recall_stories(40, facts_per_slot=load, n_slots=n_slots, seed=config.seed + 1 + j)
+        truth = np.array([s.answer_index for s in stories])
+        batch = zoo_pmi.encode_texts([s.text for s in stories])
+        with torch.no_grad():
+            accuracy = (zoo_pmi(**batch).logits.argmax(-1).numpy() == truth).mean()
+            control_accuracy = (control(**batch).logits.argmax(-1).numpy() == truth).mean()
+            zeroed = {f"steps.{t}.read.ltm": torch.zeros_like for t in range(last + 1)}
+            with hooks(zoo_pmi, zeroed):
+                no_ltm = (zoo_pmi(**batch).logits.argmax(-1).numpy() == truth).mean()
+            zeroed = {f"steps.{t}.read.wm": torch.zeros_like for t in range(last + 1)}
+            with hooks(zoo_pmi, zeroed):
+                no_wm = (zoo_pmi(**batch).logits.argmax(-1).numpy() == truth).mean()
+        assert a["difficulty_accuracy"][j] == pytest.approx(accuracy)
+        assert a["difficulty_control_accuracy"][j] == pytest.approx(control_accuracy)
+        assert a["difficulty_accuracy_no_ltm_read"][j] == pytest.approx(no_ltm)
+        assert a["difficulty_accuracy_no_wm_read"][j] == pytest.approx(no_wm)
+        # the LTM share, slowly: question tokens (the last four) at the last step
+        sites = [f"steps.{last}.{s}" for s in ("read.wm", "correction.out", "integration.gate")]
+        cache = capture(zoo_pmi, batch, sites, progress=False)
+        u_w, u_wl, g = (cache[site][:, -4:].double() for site in sites)
+        cache.close()
+        wm = (g * u_w).norm(dim=-1)
+        ltm = ((1 - g) * u_wl).norm(dim=-1)
+        expected = float((ltm / (wm + ltm)).mean())
+        assert a["difficulty_ltm_read_share"][j] == pytest.approx(expected, abs=1e-5)
+    m = result.metrics
+    assert m["difficulty_accuracy"] == {
+        "0.5": round(float(a["difficulty_accuracy"][0]), 4),
+        "2": round(float(a["difficulty_accuracy"][1]), 4),
+    }
+    assert "facts per working-memory slot" in result.summary
+
+
+def test_planted_gates_set_the_ltm_read_share(zoo_pmi):
+    config = pmi.Config(
+        n_stories=12,
+        n_examples=2,
+        slot_map="none",
+        ablations=False,
+        control="",
+        facts_per_slot=(1.0, 1.5),
+        n_per_difficulty=12,
+    )
+    n_steps = zoo_pmi.model.config.n_steps
+    for gate, share in ((torch.ones_like, 0.0), (torch.zeros_like, 1.0)):
+        planted = {f"steps.{t}.integration.gate": gate for t in range(n_steps)}
+        with hooks(zoo_pmi, planted):
+            out = pmi.run(zoo_pmi, config)
+        assert np.allclose(out.arrays["difficulty_ltm_read_share"], share)
+        assert "difficulty_control_accuracy" not in out.arrays
+        assert "difficulty_ablation_accuracy" not in out.arrays
+    assert set(out.figures) >= {"difficulty"}
+
+
 def test_probe_leaves_no_hooks(zoo_pmi, result):
     assert result.provenance["model_digest"] == zoo_pmi.digest()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in zoo_pmi.model.modules())
+
+
+def test_a_sweep_that_fails_inside_an_ablation_leaves_no_hooks(zoo_pmi, monkeypatch):
+    """The sweep's own hooks come off when it fails (called directly, without the run frame
+    that would also clean up after it)."""
+    from probes.pmi import probe as pmi_probe_module
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(pmi_probe_module, "predict", fails)  # called only inside the ablations
+    digest = zoo_pmi.digest()
+    config = pmi.Config(n_stories=12, n_examples=2, control="", n_per_difficulty=12)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        pmi.probe.difficulty_sweep(zoo_pmi, None, config)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in zoo_pmi.model.modules())
+    zoo_pmi._digest = None
+    assert zoo_pmi.digest() == digest
 
 
 def test_result_tensors_obey_the_equations(result, zoo_pmi):
@@ -177,7 +264,13 @@ def test_planted_writes_and_reads_are_recovered_through_the_probe(zoo_pmi):
     planted = {f"steps.{t}.write.attn": plant_writes for t in range(n_steps)}
     planted |= {f"steps.{t}.integration.gate": torch.ones_like for t in range(n_steps)}
     config = pmi.Config(
-        n_stories=12, n_examples=12, slot_map="none", ablations=False, batch_size=64, control=""
+        n_stories=12,
+        n_examples=12,
+        slot_map="none",
+        ablations=False,
+        batch_size=64,
+        control="",
+        facts_per_slot=(),  # the planted writes fit these stories only
     )
     with hooks(zoo_pmi, planted):
         out = pmi.run(zoo_pmi, config, data=stories)
@@ -209,6 +302,8 @@ def test_wrong_models_and_bad_configs_fail_before_work(zoo_pmi, scratch_models, 
         ({"n_stories": 2}, "n_stories"),
         ({"n_stories": 10**8}, "n_stories must lie in"),
         ({"max_map_points": 5}, "max_map_points must lie in"),
+        ({"facts_per_slot": (0.0,)}, r"facts_per_slot\[0\] must lie in"),
+        ({"n_per_difficulty": 5}, "n_per_difficulty must lie in"),
     ):
         with pytest.raises(ConfigError, match=message):
             pmi.Config(**bad)
@@ -218,6 +313,8 @@ def test_wrong_models_and_bad_configs_fail_before_work(zoo_pmi, scratch_models, 
 
     monkeypatch.setattr(pmi_probe_module, "load_control", no_work)
     monkeypatch.setattr(pmi_probe_module, "make_stories", no_work)
+    with pytest.raises(DataError, match="lower facts_per_slot"):
+        pmi.run(zoo_pmi, pmi.Config(facts_per_slot=(1.0, 3.0)))  # 12 facts: 76 tokens
     with pytest.raises(FamilyError, match="Transformer control"):
         pmi.run(load_model("zoo:pmi-stories-control"))
     with pytest.raises(FamilyError, match="must be a pmi model"):
@@ -234,6 +331,11 @@ def test_figures_rebuild_from_a_saved_result(result, tmp_path):
     t_i = int(loaded.arrays["ex_n_tokens"][i])
     expected = loaded.arrays["ex_write"][i][..., :t_i].reshape(-1, t_i)
     assert np.allclose(np.asarray(write.z, dtype=float), expected)
+    difficulty = rebuilt["difficulty"].data
+    assert np.allclose(difficulty[0].y, loaded.arrays["difficulty_accuracy"])
+    assert np.allclose(difficulty[1].y, loaded.arrays["difficulty_control_accuracy"])
+    bars = next(t for t in difficulty if t.type == "bar")
+    assert np.allclose(bars.y, loaded.arrays["difficulty_ltm_read_share"])
 
 
 def test_widget_follows_its_controls_and_hover(result):

@@ -71,8 +71,23 @@ TOY_RECIPES = {
         },
     },
     "neox-recall": {"EVAL_PROMPTS": 4, "EVAL_LENGTHS": (16, 32)},
-    "pmi-stories": {"TRAIN_SIZE": 64, "EVAL_SIZE": 16, "STEPS": 2, "BATCH_SIZE": 8, "WARMUP": 1},
-    "pmi-stories-control": {"TRAIN_SIZE": 64, "EVAL_SIZE": 16, "STEPS": 2, "BATCH_SIZE": 8},
+    "pmi-stories": {
+        "SET_SIZES": (32, 32),
+        "EVAL_SIZE": 8,
+        "RECALL_EVAL_SIZE": 8,
+        "STEPS": 2,
+        "BATCH_SIZE": 8,
+        "WARMUP": 1,
+        "CURVE_EVERY": 1,
+        "CURVE_SIZE": 4,
+    },
+    "pmi-stories-control": {
+        "SET_SIZES": (32, 32),
+        "EVAL_SIZE": 8,
+        "RECALL_EVAL_SIZE": 8,
+        "STEPS": 2,
+        "BATCH_SIZE": 8,
+    },
 }
 """Module constants that shrink each trained recipe to a few steps (vit-binding-*: its own test)."""
 

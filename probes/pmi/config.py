@@ -11,18 +11,20 @@ from workbench.probe import Metric, ProbeConfig, at_least, between, require
 MAX_STORIES = 10_000
 """Every captured tensor of every story is held at once; beyond this the run outgrows memory."""
 MAX_MAP_POINTS = 100_000
+MAX_FACTS_PER_SLOT = 8.0
+"""Beyond this a recall story outgrows any sensible model's positions and the people named."""
 
 
 @dataclass(frozen=True)
 class Config(ProbeConfig):
     n_stories: int = 240
     """Held-out stories to run (the tasks take turns); accuracy, ablations and maps use them."""
-    tasks: tuple[Literal["one_fact", "two_facts", "counting"], ...] = (
+    tasks: tuple[Literal["one_fact", "two_facts", "counting", "recall"], ...] = (
         "one_fact",
-        "two_facts",
-        "counting",
+        "recall",
     )
-    """Story tasks from ``workbench.data.stories``: one_fact, two_facts, counting."""
+    """Story tasks from ``workbench.data.stories``: one_fact, two_facts, counting, recall (the
+    zoo models are trained on one_fact and recall)."""
     n_examples: int = 6
     """Stories kept in full (every tensor, every step) for the per-story views and the widget."""
     example: int = 0
@@ -32,6 +34,12 @@ class Config(ProbeConfig):
     model's; empty to skip."""
     ablations: bool = True
     """Also measure accuracy with the LTM read, the correction or the WM read zeroed."""
+    facts_per_slot: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    """Difficulties of the recall sweep: story length in facts per working-memory slot. At each,
+    PMI and control accuracy, the question's LTM read share and (with ``ablations``) accuracy
+    with each read path zeroed. Empty to skip the sweep."""
+    n_per_difficulty: int = 150
+    """Recall stories at each difficulty of the sweep."""
     slot_map: Literal["umap", "pca", "none"] = "umap"
     """Map of working-memory slot states: ``umap``, ``pca``, or ``none``."""
     max_map_points: int = 2000
@@ -43,7 +51,8 @@ class Config(ProbeConfig):
 
     def check(self) -> None:
         require(
-            len(self.tasks) > 0, "tasks must name at least one of one_fact, two_facts, counting"
+            len(self.tasks) > 0,
+            "tasks must name at least one of one_fact, two_facts, counting, recall",
         )
         between(self, max(3, len(self.tasks)), MAX_STORIES, "n_stories")
         between(self, 1, self.n_stories, "n_examples")
@@ -51,6 +60,8 @@ class Config(ProbeConfig):
         between(self, 10, MAX_MAP_POINTS, "max_map_points")
         at_least(self, 2, "umap_neighbors")
         at_least(self, 1, "batch_size")
+        between(self, 0.1, MAX_FACTS_PER_SLOT, "facts_per_slot")
+        between(self, 10, MAX_STORIES, "n_per_difficulty")
 
 
 METRICS = (
@@ -66,6 +77,40 @@ METRICS = (
         percent=True,
     ),
     Metric("accuracy_by_task", "accuracy by task", percent=True, over="task_names"),
+    Metric(
+        "difficulty_accuracy",
+        "recall accuracy by facts per WM slot",
+        percent=True,
+        over="difficulty_facts_per_slot",
+    ),
+    Metric(
+        "difficulty_control_accuracy",
+        "control recall accuracy by facts per WM slot",
+        better="neither",
+        percent=True,
+        over="difficulty_facts_per_slot",
+    ),
+    Metric(
+        "difficulty_accuracy_no_ltm_read",
+        "recall accuracy without the LTM read, by facts per WM slot",
+        better="neither",
+        percent=True,
+        over="difficulty_facts_per_slot",
+    ),
+    Metric(
+        "difficulty_accuracy_no_wm_read",
+        "recall accuracy without the WM read, by facts per WM slot",
+        better="neither",
+        percent=True,
+        over="difficulty_facts_per_slot",
+    ),
+    Metric(
+        "difficulty_ltm_read_share",
+        "LTM share of the question's read (last step), by facts per WM slot",
+        better="neither",
+        percent=True,
+        over="difficulty_facts_per_slot",
+    ),
     Metric(
         "ablation_accuracy",
         "accuracy with one read path zeroed",

@@ -121,6 +121,78 @@ def ablation_figure(result: ProbeResult) -> go.Figure:
     return fig
 
 
+def difficulty_figure(result: ProbeResult) -> go.Figure:
+    """Recall by story length (facts per WM slot): accuracy of PMI, control and PMI with a read
+    path zeroed (left); the LTM share of the question's read at the last step (right)."""
+    a = result.arrays
+    loads = a["difficulty_facts_per_slot"]
+    x = [f"{v:g}<br>({n} facts)" for v, n in zip(loads, a["difficulty_n_facts"], strict=True)]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        horizontal_spacing=0.12,
+        subplot_titles=["accuracy on held-out recall stories", "LTM share of the question's read"],
+    )
+    lines = [(a["difficulty_accuracy"], f"PMI ({result.provenance['model_spec']})", "solid", 0)]
+    if "difficulty_control_accuracy" in a:
+        control = result.provenance.get("control_spec", "control")
+        lines.append(
+            (a["difficulty_control_accuracy"], f"Transformer control ({control})", "solid", 1)
+        )
+    if "difficulty_ablation_names" in a:
+        for j, label in enumerate(a["difficulty_ablation_names"].tolist()):
+            lines.append((a["difficulty_ablation_accuracy"][:, j], f"PMI, {label}", "dash", 3 + j))
+    for y, name, dash, colour in lines:
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines+markers",
+                name=name,
+                line={"dash": dash, "color": COLORWAY[colour % len(COLORWAY)]},
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=a["difficulty_chance"],
+            mode="lines",
+            name="chance: uniform guess",
+            line={"dash": "dot", "color": "black"},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=a["difficulty_ltm_read_share"],
+            marker_color=COLORWAY[2],
+            text=[f"{v:.0%}" for v in a["difficulty_ltm_read_share"]],
+            textposition="outside",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="share of the integrated read", range=[0, 1.05], row=1, col=2)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="story length: facts per WM slot", row=1, col=col)
+    fig.update_layout(
+        template=TEMPLATE,
+        title="Does long-term memory carry the long stories?<br><sup>recall stories from half "
+        "a fact to two facts per working-memory slot; dashed: PMI with one read path zeroed at "
+        "every step; the LTM share is |(1-g) U_wl| / (|g U_w| + |(1-g) U_wl|) on the question's "
+        "tokens at the last step</sup>",
+        height=480,
+    )
+    return fig
+
+
 # -- writing -----------------------------------------------------------------------------------
 def write_attention_figure(
     result: ProbeResult, *, after_topk: bool, story: int | None = None
@@ -520,6 +592,8 @@ def figures(result: ProbeResult) -> dict[str, go.Figure]:
     out = {"accuracy": accuracy_figure(result)}
     if "ablation_accuracy" in a:
         out["ablation"] = ablation_figure(result)
+    if "difficulty_accuracy" in a:
+        out["difficulty"] = difficulty_figure(result)
     out["write_attention_pre_topk"] = write_attention_figure(result, after_topk=False)
     out["write_attention_topk"] = write_attention_figure(result, after_topk=True)
     out["write_by_role"] = write_by_role_figure(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -14,10 +15,12 @@ from probes.pmi.plots import figures
 from workbench.capture import capture, hooks
 from workbench.data.stories import (
     ANSWERS,
+    QUESTION,
     VOCABULARY,
     Story,
     majority_accuracy,
     make_stories,
+    recall_stories,
     uniform_chance,
 )
 from workbench.errors import DataError, FamilyError
@@ -56,8 +59,19 @@ label -> (zeroed site, metric key)."""
 
 
 def check(model: LoadedModel, config: Config) -> None:
-    """The model is a PMI-Transformer that reads the stories; the control is a pmi model."""
+    """The model is a PMI-Transformer that reads the stories, long enough for the sweep's
+    longest; the control is a pmi model."""
     check_story_reader(model, role="model")
+    if config.facts_per_slot:
+        longest = recall_stories(
+            1, facts_per_slot=max(config.facts_per_slot), n_slots=model.config.n_slots
+        )[0]
+        if len(longest.tokens) > model.config.max_positions:
+            raise DataError(
+                f"at {max(config.facts_per_slot)} facts per slot a recall story has "
+                f"{len(longest.tokens)} tokens but {model.spec} reads at most "
+                f"{model.config.max_positions}; lower facts_per_slot"
+            )
     if config.control:
         family = peek_family(config.control)  # a missing control fails here, with advice
         if family != "pmi":
@@ -161,19 +175,19 @@ def run(model: LoadedModel, config: Config, data: list[Story] | None) -> Finding
         )
         metrics["control_accuracy_by_task"] = {t: round(control_acc[t], 4) for t in task_names}
         provenance["control_spec"] = control.spec
-        del control
 
     if config.ablations:
-        names, values = [], []
-        for label, (site, key) in tqdm(ABLATIONS.items(), desc="ablations", leave=False):
-            zeroed = {f"steps.{t}.{site}": torch.zeros_like for t in range(n_steps)}
-            with hooks(model, zeroed):
-                values.append(float((predict(model, batch, config.batch_size) == truth).mean()))
-            names.append(label)
-            metrics[key] = round(values[-1], 4)
-        arrays["ablation_names"] = np.array(["none", *names])
-        arrays["ablation_accuracy"] = np.array([accuracy["all"], *values])
-        metrics["ablation_accuracy"] = dict(zip(names, (round(v, 4) for v in values), strict=True))
+        ablated = ablation_accuracies(model, batch, truth, config.batch_size)
+        for label, (_, key) in ABLATIONS.items():
+            metrics[key] = round(ablated[label], 4)
+        arrays["ablation_names"] = np.array(["none", *ablated])
+        arrays["ablation_accuracy"] = np.array([accuracy["all"], *ablated.values()])
+        metrics["ablation_accuracy"] = {k: round(v, 4) for k, v in ablated.items()}
+    if config.facts_per_slot:
+        sweep = difficulty_sweep(model, control, config)
+        arrays |= sweep
+        metrics |= _sweep_metrics(sweep)
+    del control  # the per-story arrays below are the run's largest
 
     arrays |= _dataset_arrays(per_story, stories, n_steps)
     k = config.n_examples
@@ -215,6 +229,92 @@ def predict(model: LoadedModel, batch: dict[str, torch.Tensor], batch_size: int)
         part = {k: v[start : start + batch_size] for k, v in batch.items()}
         out.append(model(**part).logits.argmax(-1))
     return torch.cat(out).numpy()
+
+
+def ablation_accuracies(
+    model: LoadedModel, batch: dict[str, torch.Tensor], truth: np.ndarray, batch_size: int
+) -> dict[str, float]:
+    """Accuracy with each read path of ``ABLATIONS`` zeroed at every step, by label."""
+    out = {}
+    for label, (site, _) in tqdm(ABLATIONS.items(), desc="ablations", leave=False):
+        zeroed = {f"steps.{t}.{site}": torch.zeros_like for t in range(model.config.n_steps)}
+        with hooks(model, zeroed):
+            out[label] = float((predict(model, batch, batch_size) == truth).mean())
+    return out
+
+
+def difficulty_sweep(
+    model: LoadedModel, control: LoadedModel | None, config: Config
+) -> dict[str, np.ndarray]:
+    """Recall stories at each difficulty (facts per WM slot): accuracy of the model and the
+    control, the LTM share of the question's read at the last step, and with ``ablations`` the
+    accuracy with each read path zeroed (rows of ``difficulty_ablation_accuracy``)."""
+    cfg = model.config
+    last = cfg.n_steps - 1
+    reads = [f"steps.{last}.{s}" for s in ("read.wm", "correction.out", "integration.gate")]
+    loads = config.facts_per_slot
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "n_facts",
+            "accuracy",
+            "control_accuracy",
+            "ltm_read_share",
+            "ablation_accuracy",
+            "chance",
+        )
+    }
+    for j, load in enumerate(tqdm(loads, desc="difficulty sweep", leave=False)):
+        stories = recall_stories(
+            config.n_per_difficulty,
+            facts_per_slot=load,
+            n_slots=cfg.n_slots,
+            seed=config.seed + 1 + j,
+        )
+        batch = _encode(model, stories)
+        truth = np.array([s.answer_index for s in stories])
+        cache = capture(
+            model, batch, ["logits", *reads], batch_size=config.batch_size, dtype=torch.float32
+        )
+        try:
+            pred = cache["logits"].argmax(-1).numpy()
+            share_wm = compute.read_share_wm(*(cache[site].numpy() for site in reads))
+        finally:
+            cache.close()
+        question = [np.array(s.sentence_of_token) == QUESTION for s in stories]
+        share = [1 - share_wm[i, : len(q)][q].mean() for i, q in enumerate(question)]
+        out["n_facts"].append(len(stories[0].facts))
+        out["accuracy"].append(float((pred == truth).mean()))
+        out["ltm_read_share"].append(float(np.mean(share)))
+        out["chance"].append(uniform_chance(stories))
+        if control is not None:
+            control_pred = predict(control, _encode(control, stories), config.batch_size)
+            out["control_accuracy"].append(float((control_pred == truth).mean()))
+        if config.ablations:
+            ablated = ablation_accuracies(model, batch, truth, config.batch_size)
+            out["ablation_accuracy"].append(list(ablated.values()))
+    arrays = {f"difficulty_{k}": np.array(v) for k, v in out.items() if v}
+    arrays["difficulty_facts_per_slot"] = np.array(loads, dtype=float)
+    if config.ablations:
+        arrays["difficulty_ablation_names"] = np.array(list(ABLATIONS))
+        for label, (_, key) in ABLATIONS.items():
+            column = list(ABLATIONS).index(label)
+            arrays[f"difficulty_{key}"] = arrays["difficulty_ablation_accuracy"][:, column]
+    return arrays
+
+
+def _sweep_metrics(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The sweep's curves as lists keyed by difficulty, for the metrics and the summary."""
+    loads = [f"{v:g}" for v in arrays["difficulty_facts_per_slot"]]
+    out: dict[str, Any] = {}
+    keys = ("accuracy", "control_accuracy", "ltm_read_share")
+    for key in (*keys, "accuracy_no_ltm_read", "accuracy_no_wm_read"):
+        if f"difficulty_{key}" in arrays:
+            values = arrays[f"difficulty_{key}"]
+            out[f"difficulty_{key}"] = {
+                k: round(float(v), 4) for k, v in zip(loads, values, strict=True)
+            }
+    return out
 
 
 def _per_story(cache: Any, stories: list[Story], n_steps: int) -> list[dict[str, np.ndarray]]:
@@ -283,6 +383,9 @@ def _dataset_arrays(
         recency[i, :, : len(s.facts)] = fact_share[:, ::-1]  # column 0: the most recent fact
         is_support = np.isin(np.arange(len(s.facts)), s.supporting)
         support.append(facts[:, is_support].mean(-1) / np.maximum(facts.mean(-1), 1e-12))
+    with warnings.catch_warnings():  # a role no story has (objects, in moves-only tasks): NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        share_by_role = np.nanmean(share, axis=0)
     return {
         "roles": np.array(compute.ROLES),
         "ltm_norm_mean": norms.mean(0),
@@ -293,7 +396,7 @@ def _dataset_arrays(
         "ltm_update_std": updates.std(0),
         "ltm_drift_mean": drift.mean(0),
         "ltm_drift_std": drift.std(0),
-        "read_share_by_role": np.nanmean(share, axis=0),
+        "read_share_by_role": share_by_role,
         "write_by_role": write.mean(0),
         "support_write_ratio": np.stack(support).mean(0),
         "write_by_recency": np.nanmean(recency, axis=0),  # (S, max facts)
@@ -469,4 +572,22 @@ def _summary(spec: str, m: dict[str, Any]) -> str:
         if unused:
             text += f" (within 2 points of intact for {', '.join(unused)})"
         text += "."
+    if "difficulty_accuracy" in m:
+        loads = list(m["difficulty_accuracy"])
+        parts = []
+        for load in loads:
+            part = f"{load}: {m['difficulty_accuracy'][load]:.0%}"
+            if "difficulty_control_accuracy" in m:
+                part += f" vs control {m['difficulty_control_accuracy'][load]:.0%}"
+            if "difficulty_accuracy_no_ltm_read" in m:
+                part += (
+                    f", {m['difficulty_accuracy_no_ltm_read'][load]:.0%} without the LTM read, "
+                    f"{m['difficulty_accuracy_no_wm_read'][load]:.0%} without the WM read"
+                )
+            part += f", LTM share {m['difficulty_ltm_read_share'][load]:.0%}"
+            parts.append(part)
+        text += (
+            " On recall stories by facts per working-memory slot (accuracy; the LTM share of "
+            "the question's read at the last step): " + "; ".join(parts) + "."
+        )
     return text

@@ -8,11 +8,17 @@ earlier, often several sentences back and overwritten by later ones:
 - ``two_facts`` (bAbI task 2, two supporting facts): "john took the apple . john went to the
   office . where is the apple ?" The answer is the final place of whoever took the object.
 - ``counting`` (bAbI task 7): takes and drops; "how many objects is mary carrying ?"
+- ``recall``: the single-supporting-fact question on stories longer than a small working
+  memory holds. A story of ``n_facts`` moves has ``recall_people(n_facts)`` people (about one
+  for every two facts), each of whom moves at least once, and the question asks about any of
+  them, so the number of person-to-place bindings to keep grows with the story.
+  ``recall_stories`` sets the length as a multiple of a memory's slots: the difficulty knob.
 
 Everything is generated from a seed, so the same call gives the same stories. Every token knows
 the sentence (fact) it belongs to and its role, and every story knows its supporting facts, so
 views can colour memory slots by the entity or fact they hold. The vocabulary is small and fixed
-(``VOCABULARY``); answers are places or count words (``ANSWERS``).
+(``VOCABULARY``); answers are places or count words (``ANSWERS``). ``solve`` answers a story
+from its words alone, the reference the generator is tested against.
 """
 
 from __future__ import annotations
@@ -25,7 +31,20 @@ import numpy as np
 
 from workbench.errors import DataError
 
-PEOPLE = ("mary", "john", "sandra", "daniel", "emma", "fred")
+PEOPLE = (
+    "mary",
+    "john",
+    "sandra",
+    "daniel",
+    "emma",
+    "fred",
+    "bill",
+    "julie",
+    "jeff",
+    "lily",
+    "greg",
+    "brian",
+)
 PLACES = ("kitchen", "garden", "office", "hallway", "bedroom", "bathroom")
 OBJECTS = ("apple", "football", "milk", "book")
 MOVE_VERBS = ("went", "moved", "travelled", "journeyed")
@@ -34,7 +53,7 @@ DROP_VERBS = ("dropped", "discarded", "left")
 COUNT_WORDS = ("none", "one", "two", "three")
 FUNCTION_WORDS = ("to", "the", ".", "where", "is", "?", "how", "many", "objects", "carrying")
 
-TASKS = ("one_fact", "two_facts", "counting")
+TASKS = ("one_fact", "two_facts", "counting", "recall")
 ANSWERS: tuple[str, ...] = (*PLACES, *COUNT_WORDS)
 """Every possible answer, in the order of the models' output classes."""
 VOCABULARY: tuple[str, ...] = tuple(
@@ -124,23 +143,85 @@ def make_stories(
 ) -> list[Story]:
     """``n`` stories, the tasks taking turns, each with ``n_facts`` facts (inclusive range).
 
-    Deterministic under ``seed``. ``n_people`` bounds how many distinct people appear.
+    Deterministic under ``seed``. ``n_people`` bounds how many distinct people appear, except
+    in ``recall`` stories, which have ``recall_people(k)`` people for ``k`` facts.
     """
     _check(n, seed, tasks, n_facts, n_people)
     rng = np.random.default_rng(seed)
-    makers = {"one_fact": _one_fact, "two_facts": _two_facts, "counting": _counting}
+    makers = {
+        "one_fact": _one_fact,
+        "two_facts": _two_facts,
+        "counting": _counting,
+        "recall": _recall,
+    }
     stories = []
     for i in range(n):
         task = tasks[i % len(tasks)]
         while True:  # rejection sampling: rare retries when a story has nothing to ask
             k = int(rng.integers(n_facts[0], n_facts[1] + 1))
             m = int(rng.integers(n_people[0], n_people[1] + 1))
+            if task == "recall":
+                m = recall_people(k)
             people = tuple(rng.choice(PEOPLE, size=m, replace=False).tolist())
             story = makers[task](rng, k, people)
             if story is not None:
                 stories.append(story)
                 break
     return stories
+
+
+def recall_people(n_facts: int) -> int:
+    """People in a ``recall`` story of ``n_facts`` facts: one for every two facts, at least two."""
+    return max(2, (n_facts + 1) // 2)
+
+
+def recall_length(facts_per_slot: float, n_slots: int) -> int:
+    """Facts in a ``recall`` story that holds ``facts_per_slot`` facts per working-memory slot."""
+    return max(1, round(facts_per_slot * n_slots))
+
+
+def recall_stories(n: int, *, facts_per_slot: float, n_slots: int, seed: int = 0) -> list[Story]:
+    """``n`` recall stories of ``recall_length(facts_per_slot, n_slots)`` facts each.
+
+    The difficulty knob: at ``facts_per_slot`` 0.5 a memory of ``n_slots`` slots could give every
+    fact two slots; at 2 it holds a quarter of the facts with one slot each, so the rest must
+    be kept somewhere else (or looked up through the question).
+    """
+    if not isinstance(n_slots, int | np.integer) or n_slots < 1:
+        raise DataError(f"n_slots must be a positive number of memory slots; got {n_slots!r}")
+    if not facts_per_slot > 0:
+        raise DataError(f"facts_per_slot must be positive; got {facts_per_slot!r}")
+    k = recall_length(facts_per_slot, n_slots)
+    return make_stories(n, seed=seed, tasks=("recall",), n_facts=(k, k))
+
+
+def solve(text: str) -> str:
+    """The answer to a story's question, worked out from its words alone.
+
+    Replays the facts sentence by sentence (where each person is, who holds each object) and
+    answers the question; an independent reference for the generator's ``Story.answer``.
+    """
+    *sentences, question = (part.split() for part in text.split(" . "))
+    place: dict[str, str] = {}
+    holder: dict[str, str] = {}  # object -> person holding it
+    for words in sentences:
+        person, verb, target = words[0], words[1], words[-1]
+        if verb in MOVE_VERBS:
+            place[person] = target
+        elif verb in TAKE_VERBS:
+            holder[target] = person
+        elif verb in DROP_VERBS:
+            del holder[target]
+        else:
+            raise DataError(f"cannot read the sentence {' '.join(words)!r}")
+    if question[:2] == ["how", "many"]:
+        person = question[4]
+        return COUNT_WORDS[sum(p == person for p in holder.values())]
+    if question[:2] == ["where", "is"]:
+        entity = question[-2]
+        person = holder[entity] if entity in OBJECTS else entity
+        return place[person]
+    raise DataError(f"cannot read the question {' '.join(question)!r}")
 
 
 def majority_accuracy(train: Sequence[Story], test: Sequence[Story]) -> float:
@@ -155,7 +236,12 @@ def majority_accuracy(train: Sequence[Story], test: Sequence[Story]) -> float:
 
 def uniform_chance(stories: Sequence[Story]) -> float:
     """Accuracy of guessing uniformly among the answers each task allows."""
-    options = {"one_fact": len(PLACES), "two_facts": len(PLACES), "counting": len(COUNT_WORDS)}
+    options = {
+        "one_fact": len(PLACES),
+        "two_facts": len(PLACES),
+        "counting": len(COUNT_WORDS),
+        "recall": len(PLACES),
+    }
     return float(np.mean([1.0 / options[s.task] for s in stories]))
 
 
@@ -251,6 +337,22 @@ def _counting(rng: np.random.Generator, k: int, people: tuple[str, ...]) -> Stor
     )
 
 
+def _recall(rng: np.random.Generator, k: int, people: tuple[str, ...]) -> Story | None:
+    movers = [*people, *rng.choice(people, size=k - len(people)).tolist()]
+    rng.shuffle(movers)
+    facts = [_move(rng, str(person), str(rng.choice(PLACES))) for person in movers]
+    person = str(rng.choice(people))
+    last = max(i for i, f in enumerate(facts) if f.person == person)
+    return Story(
+        "recall",
+        tuple(facts),
+        ("where", "is", person, "?"),
+        facts[last].target,
+        (last,),
+        person,
+    )
+
+
 def _check(
     n: int,
     seed: int,
@@ -271,3 +373,11 @@ def _check(
         raise DataError(
             f"n_people must be (low, high) with 1 <= low <= high <= {len(PEOPLE)}; got {n_people!r}"
         )
+    if "recall" in tasks and recall_people(n_facts[1]) > len(PEOPLE):
+        raise DataError(
+            f"recall stories need one person for every two facts; {n_facts[1]} facts need "
+            f"{recall_people(n_facts[1])} of the {len(PEOPLE)} people: use at most "
+            f"{2 * len(PEOPLE)} facts"
+        )
+    if "recall" in tasks and n_facts[0] < 2:
+        raise DataError(f"recall stories need at least 2 facts (2 people); got {n_facts!r}")

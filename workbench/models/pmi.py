@@ -58,6 +58,7 @@ from workbench.errors import DataError, ModelNotFoundError
 from workbench.models.loaded import HookPoint, LoadedModel, Site
 
 ARCHITECTURES = ("pmi", "transformer")
+POSITIONS = ("from_start", "from_end")
 CONSOLIDATIONS = ("outer_product", "rowsum_scaled_wm")
 INTEGRATIONS = ("fixed", "learned_gate")
 
@@ -103,6 +104,10 @@ class PMIConfig:
     n_steps: int = 4
     d_mlp: int = 128
     max_positions: int = 64
+    positions: str = "from_start"
+    """Learned position embeddings counted ``from_start`` (0 = the first token) or ``from_end``
+    (0 = the last real token): then the question and the facts just before it sit at the same
+    positions in every story, whatever its length, and padding never shifts them."""
     n_slots: int = 8
     n_segments: int = 5
     write_topk: int = 5
@@ -130,6 +135,10 @@ class PMIConfig:
             raise DataError(
                 f"consolidation must be one of {', '.join(CONSOLIDATIONS)}; "
                 f"got {self.consolidation!r}"
+            )
+        if self.positions not in POSITIONS:
+            raise DataError(
+                f"positions must be one of {', '.join(POSITIONS)}; got {self.positions!r}"
             )
         if self.integration not in INTEGRATIONS:
             raise DataError(
@@ -452,6 +461,9 @@ class _Classifier(nn.Module):
         )
         if not mask.any(dim=1).all():
             raise DataError("an input has no real tokens (its attention_mask is all zero)")
+        if self.config.positions == "from_end":  # real tokens at or after each one, minus 1
+            positions = (mask.long().flip(1).cumsum(1).flip(1) - 1).clamp_min(0)
+            return self.embed(input_ids) + self.pos_embed(positions), mask
         positions = torch.arange(t, device=input_ids.device)
         return self.embed(input_ids) + self.pos_embed(positions)[None], mask
 
