@@ -302,12 +302,19 @@ def zoo_list() -> None:
 def zoo_build(
     name: Annotated[str, typer.Argument(help="zoo model to (re)build from its recipe")],
     out: Annotated[Path | None, typer.Option(help="folder (default: data/zoo/NAME)")] = None,
+    checkpoints: Annotated[
+        int,
+        typer.Option(
+            help="also keep the weights at this many log-spaced training steps (step 0 and the "
+            "last included), loaded as zoo:NAME@STEP"
+        ),
+    ] = 0,
 ) -> None:
     """Rebuild a zoo model from its recipe and seed."""
     from workbench.zoo import build
 
     with _one_line_errors():
-        metrics = build(name, out)
+        metrics = build(name, out, checkpoints=checkpoints)
     for key, value in metrics.items():
         typer.echo(f"  {key}: {value}")
 
