@@ -117,4 +117,5 @@ def test_report_command(scratch_models, tmp_path):
     result = _run("report", str(tmp_path))
     assert result.exit_code == 0, result.output
     index = (tmp_path / "index.html").read_text()
-    assert "decodability" in index and "atlas" in index
+    assert "probe-atlas.html" in index  # the summary links the probe's page
+    assert "decodability" in (tmp_path / "probe-atlas.html").read_text()

@@ -153,7 +153,9 @@ def test_the_report_links_a_comparison_page_per_sweep_and_probe(tmp_path):
     assert 'href="compare-sweep-binding.html"' in index
     page = (tmp_path / pages[0]).read_text()
     assert 'src="plotly.min.js"' in page and "binding-0" in page and "binding-1" in page
-    blocks = re.findall(r'<script type="application/json" id="cmp-\d+">(.*?)</script>', page, re.S)
+    blocks = re.findall(
+        r'<script type="application/json" id="compare-[^"]+">(.*?)</script>', page, re.S
+    )
     figures = [json.loads(b) for b in blocks]
     curve = next(f for f in figures if "by layer" in f["layout"]["title"]["text"])
     assert [t["name"] for t in curve["data"] if t.get("meta") == RUN_TRACE] == ["m0", "m1"]

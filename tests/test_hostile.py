@@ -199,6 +199,11 @@ def test_overwrite_still_replaces_a_run(tmp_path: Path) -> None:
 
 
 # -- 2. every path read from a result stays inside its folder ----------------------------------
+def _report_text(index: Path) -> str:
+    """Every page of a report: its summary and the pages beside it."""
+    return "\n".join(p.read_text() for p in sorted(index.parent.glob("*.html")))
+
+
 def _edit_record(folder: Path, **changes: Any) -> None:
     path = folder / "result.json"
     record = json.loads(path.read_text())
@@ -217,7 +222,7 @@ def test_report_embeds_no_file_from_outside_the_result_folder(tmp_path: Path) ->
     (linked / "figures" / "acc.json").unlink()
     (linked / "figures" / "acc.json").symlink_to(tmp_path / "secret.json")
     with pytest.warns(UserWarning, match="skips"):
-        text = build_report(root).read_text()
+        text = _report_text(build_report(root))
     assert "TOPSECRET" not in text
     assert "good" in text
 
@@ -242,7 +247,7 @@ def test_file_list_entries_never_become_external_links(tmp_path: Path) -> None:
     _edit_record(root, figures={"acc": ["//host/x", "https://host/y", "figures/acc.html"]})
     _small_result(figures={"acc": _figure()}).save(root / "nested", formats=HTML)
     with pytest.warns(UserWarning, match="skips"):
-        text = build_report(root).read_text()
+        text = _report_text(build_report(root))
     links = _Links()
     links.feed(text)
     assert links.hrefs and all("host" not in href for href in links.hrefs)
@@ -258,7 +263,7 @@ def test_figure_text_with_html_comment_round_trips_in_the_report(tmp_path: Path)
     saved = json.loads(path.read_text())
     path.write_text(json.dumps(saved, ensure_ascii=False))  # as any JSON writer would: raw "<"
     assert "<!--" in path.read_text()
-    text = build_report(tmp_path).read_text()
+    text = _report_text(build_report(tmp_path))
     scripts = _JsonScripts()
     scripts.feed(text)
     assert len(scripts.blocks) == 1
@@ -564,7 +569,7 @@ def test_report_skips_malformed_results_with_a_warning(tmp_path: Path) -> None:
     binary = _small_result().save(tmp_path / "binary", formats=HTML)
     (binary / "result.json").write_bytes(b'{"probe": "\xff"}')
     with pytest.warns(UserWarning, match="skips"):
-        text = build_report(tmp_path).read_text()
+        text = _report_text(build_report(tmp_path))
     assert "good" in text
     for index in range(len(MALFORMED_RECORDS)):
         assert f"<code>bad{index}</code>" in text  # listed under Skipped

@@ -219,12 +219,22 @@ def report(
     results: Annotated[Path, typer.Argument(help="folder holding result folders")] = Path(
         "results"
     ),
+    open_: Annotated[
+        bool, typer.Option("--open", help="open the report's summary page in a browser")
+    ] = False,
 ) -> None:
-    """Build an offline index.html gallery of every result under RESULTS."""
+    """Build an offline report of every result under RESULTS: index.html (a summary) and one
+    page per probe."""
     from workbench.report import build_report
 
     with _one_line_errors():
-        typer.echo(build_report(results))
+        index = build_report(results)
+    typer.echo(index)
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(index.resolve().as_uri()):
+            typer.echo("no browser could be started; open the path above yourself", err=True)
 
 
 @app.command()

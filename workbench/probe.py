@@ -261,7 +261,10 @@ def run_frame(
                 provenance=provenance,
                 summary=findings.summary,
             )
-            result.figures = figures(result)
+            from workbench.figures import fit_cell  # plotting stays out of a bare import
+
+            # every figure fits a notebook cell, whichever probe drew it
+            result.figures = {name: fit_cell(fig) for name, fig in figures(result).items()}
             result.provenance["wall_time_s"] = round(time.time() - started, 3)
             return result
 

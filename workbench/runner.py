@@ -75,6 +75,11 @@ def plan_run(
     from workbench.models import peek_family
 
     module = get_probe(probe)
+    # a notebook runs in notebooks/, so a relative file setting (data_path=...) would move
+    params = {
+        k: str(Path(v).absolute()) if k.endswith("_path") and isinstance(v, str) and v else v
+        for k, v in (params or {}).items()
+    }
     make_config(probe, preset=preset, params=params)
     model = model or module.DEFAULT_MODELS[0]
     family = peek_family(model)

@@ -12,7 +12,7 @@ from probes.atlas.config import Config
 from probes.atlas.data import LabelledPositions, default_dataset, user_images
 from probes.atlas.plots import figures
 from workbench.capture import capture
-from workbench.maps import project_2d
+from workbench.maps import pca_2d, project_2d
 from workbench.models import LoadedModel
 from workbench.probe import Findings, run_frame
 from workbench.store import build_store, check_model
@@ -43,7 +43,9 @@ def run(model: LoadedModel, config: Config, data: LabelledPositions | None) -> F
             config.n_inputs,
         )
     elif data is None:
-        data = default_dataset(model, config.dataset, config.n_inputs, config.seed)
+        data = default_dataset(
+            model, config.dataset, config.n_inputs, config.seed, config.data_path
+        )
     provenance: dict = {}
 
     keep = compute.subsample(data.labels, config.max_points, config.seed)
@@ -95,6 +97,13 @@ def run(model: LoadedModel, config: Config, data: LabelledPositions | None) -> F
         **{f"colour_{k}": v[keep] for k, v in data.colourings.items()},
     }
     for method in config.methods:
+        if method == "pca":  # with the variance each axis explains, for the maps' axes
+            maps = [
+                pca_2d(x, seed=config.seed) for x in tqdm(features, desc="pca maps", leave=False)
+            ]
+            arrays["pca"] = np.stack([xy for xy, _ in maps])
+            arrays["pca_explained"] = np.stack([share for _, share in maps])
+            continue
         arrays[method] = np.stack(
             [
                 project_2d(x, method, seed=config.seed, n_neighbors=config.umap_neighbors)
