@@ -311,7 +311,13 @@ def zoo_list() -> None:
 @zoo_app.command("build")
 def zoo_build(
     name: Annotated[str, typer.Argument(help="zoo model to (re)build from its recipe")],
-    out: Annotated[Path | None, typer.Option(help="folder (default: data/zoo/NAME)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder (default: data/zoo/NAME; with --checkpoints "
+            "~/.cache/workbench/zoo-checkpoints/NAME or $WORKBENCH_CHECKPOINT_DIR/NAME)"
+        ),
+    ] = None,
     checkpoints: Annotated[
         int,
         typer.Option(

@@ -5,8 +5,9 @@ Every temporary name carries the pid of the process that made it. Beside an outp
 folder) and ``.NAME.old-PID-HEX`` (the previous run, deleted once the new one is in place); in
 the temporary folder: ``wb-capture-PID-...`` (spilled activations), ``wb-offload-PID-...``
 (weights accelerate offloaded to disk), ``wb-checkpoints-PID-...`` (a zoo build's checkpoints
-before the build is saved) and ``wb-failed-PID-...`` (the notebook of a failed run). ``sweep_stale`` removes those whose process is gone, so what a ``kill -9`` leaves behind
-is removed by the next run that looks there.
+before the build is saved) and ``wb-failed-PID-...`` (the notebook of a failed run).
+``sweep_stale`` removes those whose process is gone, so what a ``kill -9`` leaves behind is
+removed by the next run that looks there.
 
 One run writes an output folder at a time: ``output_lock`` holds ``.NAME.lock`` beside it with
 ``fcntl.flock``, which the kernel releases when the process dies, so a lock is never stale.

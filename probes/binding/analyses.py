@@ -36,7 +36,11 @@ SOURCE_LABELS = {
     "random_init": "random-init model",
     "pixels": "pixel patches",
     "positions": "positions only",
+    "scan_fwd": "forward-scan state",
+    "scan_bwd": "backward-scan state",
 }
+LAYERED_SOURCES = ("model", "random_init", "scan_fwd", "scan_bwd")
+"""Sources probed at every layer (the others are inputs: pixels, positions)."""
 METRIC_KEYS = (
     "distance_matched_balanced_accuracy",
     "accuracy",
@@ -90,13 +94,19 @@ def table(fitted: Fitted, config: Config) -> Measured:
     arrays["headline_probe_by_layer"] = np.array(
         [f.test[HEADLINE] for f in fitted.model_fits(config.headline_probe)]
     )
+    for source in ("random_init", "scan_fwd", "scan_bwd"):
+        by_layer = {
+            f.layer: f.test[HEADLINE]
+            for f in fits
+            if f.source == source and f.kind == config.headline_probe
+        }
+        if by_layer:  # NaN where the source has no such layer (a scan at the embedding)
+            arrays[f"{source}_by_layer"] = np.array([by_layer.get(k, np.nan) for k in setup.layers])
     rows = [
         {
             "source": source,
             "probe": kind,
-            "best_layer": setup.layer_names[fit.layer]
-            if source in ("model", "random_init")
-            else "input",
+            "best_layer": setup.layer_names[fit.layer] if source in LAYERED_SOURCES else "input",
             **{m: round(fit.test[m], 4) for m in METRIC_KEYS},
         }
         for (source, kind), fit in best.items()
@@ -352,11 +362,10 @@ def _forward_final(
     """Patch tokens at ``site`` and the model's own logits (if it has a head), in batches."""
     feats: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
-    prefix = model.n_prefix_tokens
     batch = encode_inputs(model, images)
 
     def record(value: torch.Tensor) -> None:
-        feats.append(value[:, prefix:].float().clone())
+        feats.append(model.patch_tokens(value).float().clone())
 
     with hooks(model, {site: record}):
         for start in range(0, len(images), batch_size):

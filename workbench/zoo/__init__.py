@@ -8,9 +8,12 @@ add a module to this package with a ``build(out_dir: Path, seed: int) -> dict`` 
 A built model's weights are checked against the sha256 its ``recipe.json`` recorded before they
 are used; the check is remembered per file size and modification time, so it is paid once.
 
-A model built with checkpoints (``workbench zoo build NAME --checkpoints K``) also has
-``NAME/checkpoints/step-S/`` folders, loaded as ``zoo:NAME@S`` and checked against the sha256s
-of ``checkpoints/index.json``, which must belong to the same build as the final weights.
+A model built with checkpoints (``workbench zoo build NAME --checkpoints K``) goes, with its
+final weights, into ``checkpoint_root()/NAME`` (outside ``data/zoo``: checkpoints are too big to
+commit, and the committed model stays as it is) unless ``--out`` says otherwise. Its
+``checkpoints/step-S/`` folders load as ``zoo:NAME@S``, looked up in ``checkpoint_root()/NAME``
+first and ``zoo_root()/NAME`` second, and are checked against the sha256s of
+``checkpoints/index.json``, which must belong to the same build as the final weights beside it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ def zoo_root() -> Path:
     if override:
         return Path(override).expanduser()
     return Path(__file__).resolve().parents[2] / "data" / "zoo"
+
+
+def checkpoint_root() -> Path:
+    """Folder holding zoo builds with checkpoints: ``$WORKBENCH_CHECKPOINT_DIR`` or
+    ``~/.cache/workbench/zoo-checkpoints``."""
+    override = os.environ.get("WORKBENCH_CHECKPOINT_DIR")
+    if override:
+        return Path(override).expanduser()
+    return Path.home() / ".cache" / "workbench" / "zoo-checkpoints"
 
 
 def list_zoo() -> list[ZooEntry]:
@@ -154,12 +166,20 @@ def _verify_weights(name: str, folder: Path) -> None:
 
 
 def checkpoint_index(name: str) -> dict[str, Any]:
-    """``checkpoints/index.json`` of a built zoo model, checked to belong to its final weights."""
-    folder = zoo_path(name)
-    index_file = folder / CHECKPOINTS_FOLDER / CHECKPOINT_INDEX
+    """``checkpoints/index.json`` of a zoo build with checkpoints, checked to belong to the final
+    weights beside it."""
+    get_entry(name)
     rebuild = f"run `workbench zoo build {name} --checkpoints K`"
-    if not index_file.is_file():
-        raise ModelNotFoundError(f"zoo model {name!r} was built without checkpoints; {rebuild}")
+    for folder in (checkpoint_root() / name, zoo_root() / name):
+        index_file = folder / CHECKPOINTS_FOLDER / CHECKPOINT_INDEX
+        if index_file.is_file():
+            break
+    else:
+        raise ModelNotFoundError(
+            f"zoo model {name!r} has no build with checkpoints (none in {checkpoint_root() / name} "
+            f"or {zoo_root() / name}); {rebuild}"
+        )
+    _verify_weights(name, folder)
     try:
         index = json.loads(index_file.read_bytes().decode("utf-8"))
         steps = {int(k): str(v) for k, v in index["steps"].items()}
@@ -203,7 +223,8 @@ def build(name: str, out_dir: Path | None = None, *, checkpoints: int = 0) -> di
     """Run ``name``'s recipe into ``out_dir`` (default ``zoo_root()/name``); return its metrics.
 
     ``checkpoints`` K > 0 also keeps the weights at K log-spaced training steps (step 0 and the
-    last included) in ``out_dir/checkpoints``.
+    last included) in ``out_dir/checkpoints``; then ``out_dir`` defaults to
+    ``checkpoint_root()/name``.
     """
     entry = get_entry(name)
     if entry.recipe is None:
@@ -213,7 +234,8 @@ def build(name: str, out_dir: Path | None = None, *, checkpoints: int = 0) -> di
             f"to build (install it with `pip install {package.replace('_', '-')}`)"
         )
     builder = getattr(importlib.import_module(entry.recipe), entry.builder)
-    target = Path(out_dir) if out_dir is not None else zoo_root() / name
+    root = checkpoint_root() if checkpoints else zoo_root()
+    target = Path(out_dir) if out_dir is not None else root / name
     if not checkpoints:
         return builder(target, entry.seed)
     if checkpoints < 0:
