@@ -1,4 +1,5 @@
-"""The ``workbench`` command: list, run, demo, trajectory, sweep, report, export, compare, zoo, store.
+"""The ``workbench`` command: list, run, demo, trajectory, sweep, report, export, compare, zoo,
+store.
 
 Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
 a traceback.
