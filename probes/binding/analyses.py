@@ -174,6 +174,54 @@ def compare_controls(fitted: Fitted, config: Config) -> Measured:
     return Measured(metrics, {})
 
 
+SCAN_HALVES = ("first", "second")
+"""Pairs with both patches in the image's top half (early in the row-major scan), or both in
+the bottom half (late)."""
+
+
+def scan_order(fitted: Fitted, config: Config) -> Measured:
+    """Vim: the headline probe's distance-matched accuracy on pairs early in the scan (both
+    patches in the top half of the image) and late (both in the bottom half), for the residual
+    stream and each scan direction, by layer. A forward scan whose state binds what it has read
+    (what lies before a patch) should do better late; a backward one early."""
+    setup = fitted.setup
+    sources = [
+        s for s in ("model", "scan_fwd", "scan_bwd") if (s, config.headline_probe) in fitted.best
+    ]
+    if "scan_fwd" not in sources:
+        return Measured({}, {})
+    test = setup.pairs["test"]
+    side = setup.grid[1]
+    half = setup.grid[0] / 2
+    rows_i, rows_j = test.i // side, test.j // side
+    masks = {
+        "first": (rows_i < half) & (rows_j < half),
+        "second": (rows_i >= half) & (rows_j >= half),
+    }
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, dict[str, float]] = {}
+    for source in sources:
+        out = np.full((len(SCAN_HALVES), len(setup.layers)), np.nan)
+        for fit in fitted.fits:
+            if fit.source != source or fit.kind != config.headline_probe:
+                continue
+            assert fit.test_scores is not None  # kept for every layered headline fit
+            col = setup.layers.index(fit.layer)
+            for row, name in enumerate(SCAN_HALVES):
+                m = masks[name]
+                out[row, col] = compute.distance_matched_balanced_accuracy(
+                    fit.test_scores[m] > 0, test.same[m], test.key[m]
+                )
+        arrays[f"{source}_by_half"] = out
+        with np.errstate(invalid="ignore"):
+            summary[source] = {
+                name: round(float(np.nanmean(out[row, 1:])), 4)
+                for row, name in enumerate(SCAN_HALVES)
+            }
+    arrays["scan_halves"] = np.array(SCAN_HALVES)
+    return Measured({"scan_order": summary}, arrays)
+
+
 def _val_score(fit: ProbeFit) -> float:
     return fit.val_score
 

@@ -293,7 +293,8 @@ def fit_all(model: LoadedModel, config: Config, data: Data) -> Fitted:
             k,
             kind,
             features[(source_name, k)],
-            keep_scores=source_name == "model" and kind == config.headline_probe,
+            keep_scores=source_name in ("model", "scan_fwd", "scan_bwd")
+            and kind == config.headline_probe,
             device=model.device,
         )
         for source_name, k, kind in tqdm(plan, desc="fit probes", unit="probe")

@@ -784,6 +784,55 @@ def scans_figure(result: ProbeResult) -> go.Figure:
     return fig
 
 
+def scan_order_figure(result: ProbeResult) -> go.Figure:
+    """Vim: binding on pairs early in the scan (top half) and late (bottom half), by layer, for
+    the residual stream and each scan direction."""
+    a = result.arrays
+    x = [str(v) for v in a["layer_names"]]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        subplot_titles=(
+            "pairs early in the scan (top half)",
+            "pairs late in the scan (bottom half)",
+        ),
+    )
+    for key, colour, label, dash in DEPTH_SERIES:
+        halves = a.get(key.replace("_by_layer", "_by_half"))
+        if key == "headline_probe_by_layer":
+            halves = a.get("model_by_half")
+        if halves is None:
+            continue
+        for col in (1, 2):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=halves[col - 1],
+                    mode="lines+markers",
+                    name=label,
+                    line={"color": SOURCE_COLOURS[colour], "dash": dash},
+                    legendgroup=label,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_hline(
+                y=0.5, line={"color": "#6B7280", "dash": "dashdot", "width": 1}, row=1, col=col
+            )
+    fig.update_layout(
+        template=TEMPLATE,
+        width=1000,
+        height=460,
+        title="Does each scan bind what it has read?<br><sup>The forward scan has read what lies "
+        "before a patch (above, to the left), the backward scan what lies after; "
+        "distance-matched balanced accuracy by half of the image</sup>",
+        yaxis_title="distance-matched balanced accuracy",
+    )
+    return fig
+
+
 def depth_comparison_figure(results: dict[str, ProbeResult]) -> go.Figure:
     """Side by side, one panel per model (e.g. zoo:vim-scenes and zoo:vit-scenes): binding by
     depth with the controls, on the same pairs within each model."""
@@ -811,6 +860,8 @@ def figures(result: ProbeResult) -> dict[str, go.Figure]:
     }
     if "scan_fwd_by_layer" in result.arrays:
         out["scans"] = scans_figure(result)
+    if "scan_fwd_by_half" in result.arrays:
+        out["scan_order"] = scan_order_figure(result)
     if "attention_r" in result.arrays:
         out["attention"] = attention_figure(result)
     if "ablation_mean" in result.arrays:

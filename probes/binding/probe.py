@@ -84,6 +84,7 @@ def run(model: LoadedModel, config: Config, data: Data | None) -> Findings:
                 analyses.compare_controls(fitted, config),
                 analyses.subspace(fitted, config),
                 analyses.other_convention(fitted, config),
+                analyses.scan_order(fitted, config),
             ]
             if config.attention and model.n_heads:  # Vim has no attention to correlate
                 parts.append(analyses.attention_correlation(model, fitted, config))
