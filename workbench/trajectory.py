@@ -186,13 +186,17 @@ def run_trajectory(
     return out
 
 
-def _measure_atlas(out: Trajectory, model: LoadedModel, params: dict[str, Any], seed: int) -> None:
-    from probes import atlas
-    from workbench.probe import make_config
+def _quick_run(name: str, model: LoadedModel, params: dict[str, Any], data: Any = None) -> Any:
+    """One probe run with its quick preset under ``params``."""
+    from workbench.probe import get_probe, make_config
 
-    config = make_config("atlas", preset="quick", params={"seed": seed, **params})
+    config = make_config(name, preset="quick", params=params)
+    return get_probe(name).run(model, config, data)
+
+
+def _measure_atlas(out: Trajectory, model: LoadedModel, params: dict[str, Any], seed: int) -> None:
     data = None if model.is_vision else topic_positions(model, seed=seed)
-    result = atlas.run(model, config, data)
+    result = _quick_run("atlas", model, {"seed": seed, **params}, data)
     out.layer_names = [str(v) for v in result.arrays["layer_names"]]
     out.atlas.append([float(v) for v in result.arrays["accuracy"]])
     out.atlas_chance.append(float(result.metrics["chance_accuracy"]))
@@ -210,12 +214,8 @@ BINDING_KEYS = (
 def _measure_binding(
     out: Trajectory, model: LoadedModel, params: dict[str, Any], seed: int
 ) -> None:
-    from probes import binding
-    from workbench.probe import make_config
-
     quick = {"attention": False, "ablation": False, "seed": seed}
-    config = make_config("binding", preset="quick", params={**quick, **params})
-    metrics = binding.run(model, config).metrics
+    metrics = _quick_run("binding", model, {**quick, **params}).metrics
     for key, metric in BINDING_KEYS:
         out.binding.setdefault(key, []).append(float(metrics.get(metric, np.nan)))
 
