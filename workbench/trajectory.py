@@ -175,6 +175,7 @@ def run_trajectory(
     digests = [load_model(p).digest() for _, p in tqdm(points, desc="digests", unit="ckpt")]
     check_distinct([s for s, _ in points], digests)
     out = Trajectory(spec, [s for s, _ in points], digests)
+    canaries = None  # tokenised once: every checkpoint of a run shares its tokenizer
     for _, point in tqdm(points, desc=f"trajectory {spec}", unit="ckpt"):
         model = load_model(point)
         if "atlas" in measures:
@@ -182,7 +183,7 @@ def run_trajectory(
         if "binding" in measures and model.is_vision:
             _measure_binding(out, model, binding_params or {}, seed)
         if "recitation" in measures and model.family == "causal-lm":
-            _measure_recitation(out, model, held_out_sequences, seed)
+            canaries = _measure_recitation(out, model, held_out_sequences, seed, canaries)
     return out
 
 
@@ -221,14 +222,15 @@ def _measure_binding(
 
 
 def _measure_recitation(
-    out: Trajectory, model: LoadedModel, held_out_sequences: int, seed: int
-) -> None:
+    out: Trajectory, model: LoadedModel, held_out_sequences: int, seed: int, canaries: Any
+) -> Any:
+    """Recitation per canary group and held-out perplexity; returns the canary set to reuse."""
     from probes.curvature.config import Config as CurvatureConfig
     from probes.curvature.data import default_canary_set
     from probes.curvature.memorization import evaluate
 
     config = CurvatureConfig(held_out_sequences=held_out_sequences, factor_sequences=1, seed=seed)
-    canaries = default_canary_set(model, config)
+    canaries = canaries or default_canary_set(model, config)
     ev = evaluate(
         model,
         canaries.prompts,
@@ -244,6 +246,7 @@ def _measure_recitation(
         )
         out.recitation.setdefault(f"loose:{r}", []).append(float(ev.recitation.loose[group].mean()))
     out.recitation.setdefault("perplexity", []).append(float(ev.perplexity))
+    return canaries
 
 
 def topic_positions(model: LoadedModel, n: int = 160, *, seed: int = 0) -> Any:
