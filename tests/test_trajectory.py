@@ -149,6 +149,20 @@ def test_revisions_name_hub_checkpoints_by_step() -> None:
         load_model("zoo:vit-scenes", revision="step1")
 
 
+def test_a_hub_revision_missing_offline_says_how_to_fetch_it(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    for call in (
+        lambda: load_model("EleutherAI/pythia-70m", revision="step1000"),
+        lambda: load_model("EleutherAI/pythia-70m@step1000"),
+    ):
+        with pytest.raises(ModelNotFoundError, match="at revision 'step1000'") as err:
+            call()
+        assert "--revision step1000 --local-dir ./models/pythia-70m-step1000" in str(err.value)
+    with pytest.raises(ModelNotFoundError, match="is not a branch"):
+        load_model("EleutherAI/pythia-70m", revision="step 1000")
+
+
 @pytest.mark.slow
 def test_trajectory_measures_every_checkpoint_and_draws_the_figures(tiny_zoo: Path) -> None:
     from typer.testing import CliRunner

@@ -12,8 +12,8 @@ A run opened with ``checkpoints=K`` also keeps the weights at K log-spaced steps
 (``log_spaced_steps``): the recipe calls ``run.checkpoint(step, write)`` after every optimiser
 step (and at step 0), and the planned ones are written as loadable model folders into
 ``NAME/checkpoints/step-S/`` with an ``index.json`` of their sha256s, loaded as
-``zoo:NAME@S``. Writing them reads no random numbers and leaves the training model untouched,
-so a build with checkpoints ends with the same final weights as one without.
+``zoo:NAME@S``. Writing them reads no random numbers and leaves the training model untouched
+(each is written from a copy). The last checkpoint is the build's final model.
 """
 
 from __future__ import annotations
