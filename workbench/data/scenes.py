@@ -171,6 +171,11 @@ def patch_labels(
     n, h, w = mask.shape
     p = patch_size
     step = stride or p
+    if step == p and (h % p or w % p):
+        raise DataError(
+            f"mask is {h}x{w}, not divisible by patch_size {p}; crop or resize the masks to a "
+            f"multiple of {p}"
+        )
     if (h - p) % step or (w - p) % step or step > p:
         raise DataError(
             f"mask is {h}x{w}, not tiled by patches of {p} at stride {step}; crop or resize the "
