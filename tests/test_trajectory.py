@@ -3,6 +3,7 @@ recipe defined here (a 2-block ViT trained for a handful of steps: seconds)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -215,6 +216,8 @@ def test_recitation_and_binding_figures_follow_the_numbers() -> None:
         binding={"headline": [0.5, 0.6, 0.7], "pixel_control": [0.55, 0.55, 0.55]},
     )
     figs = traj.figures()
+    with pytest.raises(DuplicateCheckpointError, match="steps 10 and 100"):
+        dataclasses.replace(traj, digests=["a", "b", "b"]).figures()
     rec = {t.name: list(t.y) for t in figs["recitation"].data}
     assert rec["64x (exact)"] == [0, 0.5, 1] and rec["unseen (loose)"] == [0, 0, 0]
     assert rec["perplexity"] == [300.0, 40.0, 20.0]

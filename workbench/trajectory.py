@@ -112,6 +112,8 @@ class Trajectory:
         return cls(**json.loads((Path(folder) / TRAJECTORY_FILE).read_text()))
 
     def figures(self) -> dict[str, go.Figure]:
+        """Every figure that has data; refused if two consecutive digests are the same."""
+        check_distinct(self.steps, self.digests)
         out = {}
         if self.atlas:
             out["decodability"] = decodability_figure(self)
