@@ -97,7 +97,7 @@ def test_labels_that_do_not_match_inputs_are_refused():
 def test_wrong_family_and_bad_config_fail_before_work(scratch_models):
     lm = load_model(scratch_models["bert"])
     lm.family = "pmi"  # a family the atlas does not accept
-    with pytest.raises(FamilyError, match="accepts vit or encoder or causal-lm"):
+    with pytest.raises(FamilyError, match="accepts vit or vim or encoder or causal-lm"):
         atlas.run(lm)
     lm.family = "encoder"
     with pytest.raises(ConfigError, match="methods\\[0\\] must be one of"):

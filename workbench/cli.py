@@ -1,4 +1,5 @@
-"""The ``workbench`` command: list, run, demo, sweep, report, export, compare, zoo, store.
+"""The ``workbench`` command: list, run, demo, trajectory, sweep, report, export, compare, zoo,
+store.
 
 Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
 a traceback.
@@ -182,6 +183,50 @@ def demo(
 
 
 @app.command()
+def trajectory(
+    model: Annotated[str, typer.Option(help="zoo:NAME built with --checkpoints, or a hub id")],
+    out: Annotated[Path, typer.Option(help="folder for trajectory.json and the figures")],
+    revision: Annotated[
+        list[str] | None, typer.Option(help="hub checkpoints by revision (step1000 ...)")
+    ] = None,
+    step: Annotated[list[int] | None, typer.Option(help="only these steps")] = None,
+    measure: Annotated[
+        list[str] | None, typer.Option(help="atlas, binding, recitation (default: all that fit)")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="atlas.KEY=VALUE or binding.KEY=VALUE")
+    ] = None,
+) -> None:
+    """Measure every checkpoint of a training run (after refusing duplicated checkpoints):
+    decodability per layer, binding vs its controls, canary recitation and perplexity."""
+    from workbench.probe import parse_params
+    from workbench.trajectory import MEASURES, run_trajectory
+
+    with _one_line_errors():
+        params: dict[str, dict[str, str]] = {"atlas": {}, "binding": {}}
+        for key, value in parse_params(param or []).items():
+            probe, _, name = key.partition(".")
+            if probe not in params or not name:
+                raise WorkbenchError(
+                    f"--param {key}=...: write atlas.KEY=VALUE or binding.KEY=VALUE"
+                )
+            params[probe][name] = value
+        started = time.time()
+        result = run_trajectory(
+            model,
+            revisions=revision or (),
+            steps=step or (),
+            measures=measure or MEASURES,
+            atlas_params=params["atlas"],
+            binding_params=params["binding"],
+        )
+        folder = result.save(out)
+    typer.echo(
+        f"trajectory of {model} over steps {result.steps}: {folder} ({time.time() - started:.0f} s)"
+    )
+
+
+@app.command()
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="the sweep's YAML file")],
     out: Annotated[Path, typer.Option(help="folder for the sweep: one run folder per point")],
@@ -311,13 +356,26 @@ def zoo_list() -> None:
 @zoo_app.command("build")
 def zoo_build(
     name: Annotated[str, typer.Argument(help="zoo model to (re)build from its recipe")],
-    out: Annotated[Path | None, typer.Option(help="folder (default: data/zoo/NAME)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder (default: data/zoo/NAME; with --checkpoints "
+            "~/.cache/workbench/zoo-checkpoints/NAME or $WORKBENCH_CHECKPOINT_DIR/NAME)"
+        ),
+    ] = None,
+    checkpoints: Annotated[
+        int,
+        typer.Option(
+            help="also keep the weights at this many log-spaced training steps (step 0 and the "
+            "last included), loaded as zoo:NAME@STEP"
+        ),
+    ] = 0,
 ) -> None:
     """Rebuild a zoo model from its recipe and seed."""
     from workbench.zoo import build
 
     with _one_line_errors():
-        metrics = build(name, out)
+        metrics = build(name, out, checkpoints=checkpoints)
     for key, value in metrics.items():
         typer.echo(f"  {key}: {value}")
 

@@ -4,9 +4,10 @@ Every temporary name carries the pid of the process that made it. Beside an outp
 ``.NAME.tmp-PID-HEX`` (a result being written), ``.NAME.run-PID-HEX`` (a notebook run's staging
 folder) and ``.NAME.old-PID-HEX`` (the previous run, deleted once the new one is in place); in
 the temporary folder: ``wb-capture-PID-...`` (spilled activations), ``wb-offload-PID-...``
-(weights accelerate offloaded to disk) and ``wb-failed-PID-...`` (the notebook of a failed
-run). ``sweep_stale`` removes those whose process is gone, so what a ``kill -9`` leaves behind
-is removed by the next run that looks there.
+(weights accelerate offloaded to disk), ``wb-checkpoints-PID-...`` (a zoo build's checkpoints
+before the build is saved) and ``wb-failed-PID-...`` (the notebook of a failed run).
+``sweep_stale`` removes those whose process is gone, so what a ``kill -9`` leaves behind is
+removed by the next run that looks there.
 
 One run writes an output folder at a time: ``output_lock`` holds ``.NAME.lock`` beside it with
 ``fcntl.flock``, which the kernel releases when the process dies, so a lock is never stale.
@@ -28,7 +29,7 @@ from pathlib import Path
 from workbench.errors import OutputExistsError, WorkbenchError, one_line
 
 _SIBLING = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|run|old)-(?P<pid>\d+)-[0-9a-f]{8}")
-_TEMP = re.compile(r"wb-(?:capture|failed|offload)-(?P<pid>\d+)-.+")
+_TEMP = re.compile(r"wb-(?:capture|checkpoints|failed|offload)-(?P<pid>\d+)-.+")
 
 
 def sibling_name(target_name: str, kind: str) -> str:

@@ -96,9 +96,8 @@ def scene_patches(model: LoadedModel, n: int, *, seed: int = 0) -> LabelledPosit
     if size is None or patch is None:
         raise DataError(f"the scenes dataset needs a vision model; {model.spec} reads text")
     scenes = make_scenes(n, size=size, seed=seed)
-    per_patch = patch_labels(scenes.class_ids, patch)
+    per_patch, side = _patch_classes(model, scenes.class_ids)
     image_idx, patch_idx = np.nonzero(per_patch > 0)
-    side = size // patch
     names = tuple(scenes.class_names[1:])
     labels = per_patch[image_idx, patch_idx].astype(np.int64) - 1
     rows, cols = patch_idx // side, patch_idx % side
@@ -110,7 +109,7 @@ def scene_patches(model: LoadedModel, n: int, *, seed: int = 0) -> LabelledPosit
     )
     return LabelledPositions(
         inputs=scenes.images,
-        positions=np.stack([image_idx, patch_idx + model.n_prefix_tokens], axis=1),
+        positions=np.stack([image_idx, _token_of(model, patch_idx)], axis=1),
         labels=labels,
         label_names=names,
         groups=image_idx,
@@ -158,15 +157,31 @@ def word_tokens(model: LoadedModel, n: int, *, seed: int = 0) -> LabelledPositio
     )
 
 
+def _patch_classes(model: LoadedModel, class_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-patch classes in row-major patch order, and patches per side; overlapping patches
+    (a Vim stride below its patch width) are labelled by their own windows."""
+    stride = int(model.patch_size or 0)
+    window = model.patch_window or stride
+    side = model.grid_size or int(model.image_size or 0) // stride
+    return patch_labels(class_ids, window, stride=stride), side
+
+
+def _token_of(model: LoadedModel, patch_idx: np.ndarray) -> np.ndarray:
+    """Token index of each patch: past the prefix tokens, around Vim's middle class token."""
+    return model.patch_token_positions().numpy()[patch_idx]
+
+
 def class_token_labels(model: LoadedModel, data: ImageFolderSet) -> LabelledPositions:
-    """Your ImageFolder images; label = the image's class, read at the class token (token 0)."""
-    if model.n_prefix_tokens < 1:
+    """Your ImageFolder images; label = the image's class, read at the class token (token 0, or
+    Vim's middle one)."""
+    token = model.class_token_index
+    if token is None and model.n_prefix_tokens < 1:
         raise DataError(f"{model.spec} has no class token to read an image's label at")
     names = tuple(data.class_names[1:])
     n = len(data)
     return LabelledPositions(
         inputs=data.images,
-        positions=np.stack([np.arange(n), np.zeros(n, dtype=np.int64)], axis=1),
+        positions=np.stack([np.arange(n), np.full(n, token or 0, dtype=np.int64)], axis=1),
         labels=data.labels,
         label_names=names,
         groups=np.arange(n),
@@ -182,14 +197,12 @@ def class_token_labels(model: LoadedModel, data: ImageFolderSet) -> LabelledPosi
 
 def object_patches(model: LoadedModel, data: SegmentationSet) -> LabelledPositions:
     """Your ADE20K or COCO images; label = the class of the object under each patch."""
-    patch = int(model.patch_size or 0)
-    per_patch = patch_labels(data.class_ids, patch)
+    per_patch, side = _patch_classes(model, data.class_ids)
     image_idx, patch_idx = np.nonzero(per_patch > 0)
     if not len(image_idx):
         raise DataError("no patch is covered by a labelled object; use other images")
     present, labels = np.unique(per_patch[image_idx, patch_idx], return_inverse=True)
     names = tuple(data.class_names[c] or f"class {c}" for c in present)
-    side = int(model.image_size or 0) // patch
     rows, cols = patch_idx // side, patch_idx % side
     hover = np.array(
         [
@@ -199,7 +212,7 @@ def object_patches(model: LoadedModel, data: SegmentationSet) -> LabelledPositio
     )
     return LabelledPositions(
         inputs=data.images,
-        positions=np.stack([image_idx, patch_idx + model.n_prefix_tokens], axis=1),
+        positions=np.stack([image_idx, _token_of(model, patch_idx)], axis=1),
         labels=labels.astype(np.int64),
         label_names=names,
         groups=image_idx,

@@ -18,7 +18,7 @@ from workbench.probe import Findings, run_frame
 from workbench.store import build_store, check_model
 
 NAME = "atlas"
-FAMILIES = ("vit", "encoder", "causal-lm")
+FAMILIES = ("vit", "vim", "encoder", "causal-lm")
 DEFAULT_MODELS = ("zoo:vit-scenes", "zoo:minilm")
 USER_IMAGES = ("imagefolder", "ade20k", "coco")
 

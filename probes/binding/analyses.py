@@ -36,7 +36,11 @@ SOURCE_LABELS = {
     "random_init": "random-init model",
     "pixels": "pixel patches",
     "positions": "positions only",
+    "scan_fwd": "forward-scan state",
+    "scan_bwd": "backward-scan state",
 }
+LAYERED_SOURCES = ("model", "random_init", "scan_fwd", "scan_bwd")
+"""Sources probed at every layer (the others are inputs: pixels, positions)."""
 METRIC_KEYS = (
     "distance_matched_balanced_accuracy",
     "accuracy",
@@ -90,13 +94,19 @@ def table(fitted: Fitted, config: Config) -> Measured:
     arrays["headline_probe_by_layer"] = np.array(
         [f.test[HEADLINE] for f in fitted.model_fits(config.headline_probe)]
     )
+    for source in ("random_init", "scan_fwd", "scan_bwd"):
+        by_layer = {
+            f.layer: f.test[HEADLINE]
+            for f in fits
+            if f.source == source and f.kind == config.headline_probe
+        }
+        if by_layer:  # NaN where the source has no such layer (a scan at the embedding)
+            arrays[f"{source}_by_layer"] = np.array([by_layer.get(k, np.nan) for k in setup.layers])
     rows = [
         {
             "source": source,
             "probe": kind,
-            "best_layer": setup.layer_names[fit.layer]
-            if source in ("model", "random_init")
-            else "input",
+            "best_layer": setup.layer_names[fit.layer] if source in LAYERED_SOURCES else "input",
             **{m: round(fit.test[m], 4) for m in METRIC_KEYS},
         }
         for (source, kind), fit in best.items()
@@ -162,6 +172,54 @@ def compare_controls(fitted: Fitted, config: Config) -> Measured:
         ((s, c["control_value"]) for s, c in comparisons.items()), key=lambda t: t[1]
     )[0]
     return Measured(metrics, {})
+
+
+SCAN_HALVES = ("first", "second")
+"""Pairs with both patches in the image's top half (early in the row-major scan), or both in
+the bottom half (late)."""
+
+
+def scan_order(fitted: Fitted, config: Config) -> Measured:
+    """Vim: the headline probe's distance-matched accuracy on pairs early in the scan (both
+    patches in the top half of the image) and late (both in the bottom half), for the residual
+    stream and each scan direction, by layer. A forward scan whose state binds what it has read
+    (what lies before a patch) should do better late; a backward one early."""
+    setup = fitted.setup
+    sources = [
+        s for s in ("model", "scan_fwd", "scan_bwd") if (s, config.headline_probe) in fitted.best
+    ]
+    if "scan_fwd" not in sources:
+        return Measured({}, {})
+    test = setup.pairs["test"]
+    side = setup.grid[1]
+    half = setup.grid[0] / 2
+    rows_i, rows_j = test.i // side, test.j // side
+    masks = {
+        "first": (rows_i < half) & (rows_j < half),
+        "second": (rows_i >= half) & (rows_j >= half),
+    }
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, dict[str, float]] = {}
+    for source in sources:
+        out = np.full((len(SCAN_HALVES), len(setup.layers)), np.nan)
+        for fit in fitted.fits:
+            if fit.source != source or fit.kind != config.headline_probe:
+                continue
+            assert fit.test_scores is not None  # kept for every layered headline fit
+            col = setup.layers.index(fit.layer)
+            for row, name in enumerate(SCAN_HALVES):
+                m = masks[name]
+                out[row, col] = compute.distance_matched_balanced_accuracy(
+                    fit.test_scores[m] > 0, test.same[m], test.key[m]
+                )
+        arrays[f"{source}_by_half"] = out
+        with np.errstate(invalid="ignore"):
+            summary[source] = {
+                name: round(float(np.nanmean(out[row, 1:])), 4)
+                for row, name in enumerate(SCAN_HALVES)
+            }
+    arrays["scan_halves"] = np.array(SCAN_HALVES)
+    return Measured({"scan_order": summary}, arrays)
 
 
 def _val_score(fit: ProbeFit) -> float:
@@ -352,11 +410,10 @@ def _forward_final(
     """Patch tokens at ``site`` and the model's own logits (if it has a head), in batches."""
     feats: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
-    prefix = model.n_prefix_tokens
     batch = encode_inputs(model, images)
 
     def record(value: torch.Tensor) -> None:
-        feats.append(value[:, prefix:].float().clone())
+        feats.append(model.patch_tokens(value).float().clone())
 
     with hooks(model, {site: record}):
         for start in range(0, len(images), batch_size):

@@ -67,14 +67,23 @@ def grid_distances(grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- features of the controls ------------------------------------------------------------------
 def pixel_patches(
-    images: np.ndarray, patch_size: int, mean: tuple[float, ...], std: tuple[float, ...]
+    images: np.ndarray,
+    patch_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    stride: int | None = None,
 ) -> np.ndarray:
-    """Raw pixel patches (n, N, p*p*3), normalised as the model normalises its input."""
+    """Raw pixel patches (n, N, p*p*3), normalised as the model normalises its input;
+    overlapping ones (every ``stride`` pixels) when the stride is below the patch size."""
     x = (images.astype(np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
     n, h, w, c = x.shape
-    p = patch_size
-    blocks = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return np.ascontiguousarray(blocks.reshape(n, (h // p) * (w // p), p * p * c))
+    p, step = patch_size, stride or patch_size
+    if step == p:
+        blocks = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return np.ascontiguousarray(blocks.reshape(n, (h // p) * (w // p), p * p * c))
+    windows = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(1, 2))[:, ::step, ::step]
+    gh, gw = windows.shape[1:3]  # windows: (n, gh, gw, c, p, p)
+    return np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3).reshape(n, gh * gw, p * p * c))
 
 
 def position_features(n_images: int, n_patches: int) -> np.ndarray:
@@ -692,29 +701,31 @@ def ablate_subspace(
     ``mode="remove"`` projects it out (around ``centre``, the training mean, so only the
     variation along the subspace is lost); ``mode="shuffle"`` gives every patch the component of
     another patch of the same image (a random permutation per image). Prefix tokens (CLS,
-    registers) are left alone. Built on ``workbench.capture.hooks``: nothing stays attached and
-    no weight changes, also when the body raises.
+    registers) and Vim's middle class token are left alone. Built on
+    ``workbench.capture.hooks``: nothing stays attached and no weight changes, also when the body
+    raises.
     """
     if mode not in ("remove", "shuffle"):
         raise DataError(f"mode must be 'remove' or 'shuffle'; got {mode!r}")
     basis = directions.float()
     offset = torch.zeros(basis.shape[0]) if centre is None else centre.float()
-    prefix = model.n_prefix_tokens
+    positions = model.patch_token_positions()
     gen = torch.Generator().manual_seed(seed)
 
     def edit(value: torch.Tensor) -> torch.Tensor:
         out = value.clone()
-        patches = out[:, prefix:]
+        where = positions.to(out.device)
+        patches = out[:, where]
         u = basis.to(patches.dtype)
         comp = (patches - offset.to(patches.dtype)) @ u
         if mode == "remove":
-            out[:, prefix:] = patches - comp @ u.T
+            out[:, where] = patches - comp @ u.T
         else:
             perm = torch.stack(
                 [torch.randperm(patches.shape[1], generator=gen) for _ in range(patches.shape[0])]
             )
             shuffled = torch.gather(comp, 1, perm[:, :, None].expand_as(comp))
-            out[:, prefix:] = patches + (shuffled - comp) @ u.T
+            out[:, where] = patches + (shuffled - comp) @ u.T
         return out
 
     with hooks(model, {site: edit}):

@@ -75,6 +75,9 @@ class Config(ProbeConfig):
     same architecture with random weights (layer 0 of the model is the patch-embedding control)."""
     control_probes: tuple[ProbeKind, ...] = ("quadratic", "cosine")
     """Probe types run on the controls."""
+    scans: bool = True
+    """Vim models: also probe each block's forward and backward scan states (reduced over the
+    state dimension by the read-out C_t . h_t) with the control probe types."""
     rank: int = 8
     """Rank of the low-rank quadratic probe."""
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16)

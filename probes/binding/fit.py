@@ -123,8 +123,20 @@ class Layer:
         return (total / count).float()
 
 
-def _site_layer(source: Source, site: str, prefix: int, dim: int) -> Layer:
-    return Layer(dim, lambda rows: read_site(source, site, rows)[:, prefix:].float())
+def _site_layer(source: Source, site: str, positions: torch.Tensor, dim: int) -> Layer:
+    """The patch tokens of one site (``positions``: their token indices, class tokens left out)."""
+    return Layer(dim, lambda rows: read_site(source, site, rows)[:, positions].float())
+
+
+def scan_sites(model: LoadedModel, config: Config, layers: list[int]) -> dict[tuple[str, int], str]:
+    """Vim: per scan direction and probed layer k >= 1, the site of block k-1's hidden states
+    reduced over the state dimension by the scan's read-out (``ssm.{k-1}.{d}.h_read``, C_t . h_t).
+    Empty for models without scans or with ``scans`` off."""
+    if not config.scans or model.family != "vim":
+        return {}
+    return {
+        (f"scan_{d}", k): f"ssm.{k - 1}.{d}.h_read" for d in ("fwd", "bwd") for k in layers if k
+    }
 
 
 # -- what the analyses read --------------------------------------------------------------------
@@ -206,7 +218,7 @@ class Fitted:
 # -- the fit -----------------------------------------------------------------------------------
 def attention_blocks(model: LoadedModel, config: Config, layers: list[int]) -> list[int]:
     """Blocks whose attention input the run needs: for the attention probe or correlation."""
-    if "attention" not in config.probes and not config.attention:
+    if ("attention" not in config.probes and not config.attention) or not model.n_heads:
         return []
     return [k for k in layers if k < model.n_layers]
 
@@ -216,13 +228,22 @@ def fit_all(model: LoadedModel, config: Config, data: Data) -> Fitted:
     setup = prepare(model, config, data)
     provenance: dict[str, Any] = {}
     blocks = attention_blocks(model, config, setup.layers)
-    sites = [*setup.sites.values(), *(f"blocks.{k}.attn.W_Q.input" for k in blocks)]
+    scans = scan_sites(model, config, setup.layers)
+    sites = [
+        *setup.sites.values(),
+        *(f"blocks.{k}.attn.W_Q.input" for k in blocks),
+        *scans.values(),
+    ]
     source, provenance["features"] = extract(model, config, data, sites, "model")
     sources = [source]
+    positions = model.patch_token_positions()
     features = {
-        ("model", k): _site_layer(source, site, model.n_prefix_tokens, model.d_model)
+        ("model", k): _site_layer(source, site, positions, model.d_model)
         for k, site in setup.sites.items()
     }
+    for (name, k), site in scans.items():
+        width = int(read_site(source, site, np.arange(1)).shape[-1])
+        features[(name, k)] = _site_layer(source, site, positions, width)
     for k in blocks if "attention" in config.probes else []:
         features[("model", k)].attention = _attention_scores(model, source, k)
     plan: list[tuple[str, int, str]] = [
@@ -231,6 +252,7 @@ def fit_all(model: LoadedModel, config: Config, data: Data) -> Fitted:
         for kind in config.probes
         if not (kind == "attention" and k not in blocks)
     ]
+    plan += [(name, k, kind) for name, k in scans for kind in config.control_probes]
     if "random_init" in config.controls:
         control = model.random_init_copy(config.seed)
         control_source, provenance["random_init_features"] = extract(
@@ -240,15 +262,18 @@ def fit_all(model: LoadedModel, config: Config, data: Data) -> Fitted:
         del control
         for k, site in setup.sites.items():
             features[("random_init", k)] = _site_layer(
-                control_source, site, model.n_prefix_tokens, model.d_model
+                control_source, site, positions, model.d_model
             )
         plan += [("random_init", k, kind) for k in setup.layers for kind in config.control_probes]
-    _, patch = image_geometry(model)
+    _, stride = image_geometry(model)
+    window = model.patch_window or stride
     if "pixels" in config.controls:
         features[("pixels", 0)] = Layer(
-            patch * patch * 3,
+            window * window * 3,
             lambda rows: torch.from_numpy(
-                compute.pixel_patches(data.images[rows], patch, model.image_mean, model.image_std)
+                compute.pixel_patches(
+                    data.images[rows], window, model.image_mean, model.image_std, stride
+                )
             ),
         )
         plan += [("pixels", 0, kind) for kind in config.control_probes]
@@ -268,7 +293,8 @@ def fit_all(model: LoadedModel, config: Config, data: Data) -> Fitted:
             k,
             kind,
             features[(source_name, k)],
-            keep_scores=source_name == "model" and kind == config.headline_probe,
+            keep_scores=source_name in ("model", "scan_fwd", "scan_bwd")
+            and kind == config.headline_probe,
             device=model.device,
         )
         for source_name, k, kind in tqdm(plan, desc="fit probes", unit="probe")
@@ -355,13 +381,18 @@ def attention_patterns(model: LoadedModel, fitted: Fitted, k: int, rows: np.ndar
 def prepare(model: LoadedModel, config: Config, data: Data) -> Setup:
     """Patch labels, the split by image, the probed layers and their sites, and the pairs."""
     size, p = image_geometry(model)
-    side = size // p
-    ids = patch_labels(
-        np.asarray(data.instance_ids), p, background=-1, min_fraction=config.min_patch_fraction
-    ).astype(np.int64)
-    classes = patch_labels(
-        np.asarray(data.class_ids), p, background=-1, min_fraction=config.min_patch_fraction
-    ).astype(np.int64)
+    side = model.grid_size or size // p
+    window = model.patch_window or p  # overlapping patches: p is the stride
+    ids, classes = (
+        patch_labels(
+            np.asarray(mask),
+            window,
+            background=-1,
+            min_fraction=config.min_patch_fraction,
+            stride=p,
+        ).astype(np.int64)
+        for mask in (data.instance_ids, data.class_ids)
+    )
     n = len(ids)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)

@@ -16,6 +16,8 @@ SOURCE_NAMES = {
     "random_init": "random-init model",
     "pixels": "pixel patches",
     "positions": "positions only",
+    "scan_fwd": "forward-scan state",
+    "scan_bwd": "backward-scan state",
 }
 SHORT_PROBE_LABELS = {
     "linear": "linear<br>(additive)",
@@ -32,7 +34,16 @@ SOURCE_COLOURS = {
     "pixels": COLORWAY[1],
     "positions": COLORWAY[3],
     "embed": COLORWAY[2],
+    "scan_fwd": COLORWAY[4],
+    "scan_bwd": COLORWAY[5],
 }
+DEPTH_SERIES = (
+    ("headline_probe_by_layer", "model", "residual stream", "solid"),
+    ("scan_fwd_by_layer", "scan_fwd", "forward-scan state", "solid"),
+    ("scan_bwd_by_layer", "scan_bwd", "backward-scan state", "solid"),
+    ("random_init_by_layer", "random_init", "random-init model", "dash"),
+)
+"""Per-layer curves of the headline probe: array, colour key, label, dash."""
 
 
 # -- choosing rows ----------------------------------------------------------------------------
@@ -663,7 +674,7 @@ def table_figure(result: ProbeResult) -> go.Figure:
     rows = sorted(
         result.metrics["table"],
         key=lambda r: (
-            ["model", "random_init", "pixels", "positions"].index(r["source"]),
+            list(SOURCE_NAMES).index(r["source"]),
             -np.nan_to_num(r[HEADLINE], nan=-1),
         ),
     )
@@ -705,6 +716,140 @@ def table_figure(result: ProbeResult) -> go.Figure:
     return fig
 
 
+def _input_controls(result: ProbeResult) -> dict[str, float]:
+    m = result.metrics
+    keys = (("pixel_control", "pixel patches"), ("position_control", "positions only"))
+    return {label: float(m[key]) for key, label in keys if key in m}
+
+
+def _add_depth_curves(
+    fig: go.Figure, result: ProbeResult, *, col: int = 1, legend: bool = True, prefix: str = ""
+) -> None:
+    """The headline probe by layer for the residual stream, each scan direction (Vim) and the
+    random-init model, with the input controls flat and chance at 0.5."""
+    a = result.arrays
+    x = [str(v) for v in a["layer_names"]]
+    for key, colour, label, dash in DEPTH_SERIES:
+        if key not in a:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=a[key],
+                mode="lines+markers",
+                name=prefix + label,
+                line={"color": SOURCE_COLOURS[colour], "dash": dash},
+                legendgroup=label,
+                showlegend=legend,
+            ),
+            row=1,
+            col=col,
+        )
+    for (label, value), colour in zip(
+        _input_controls(result).items(),
+        (SOURCE_COLOURS["pixels"], SOURCE_COLOURS["positions"]),
+        strict=False,
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=[x[0], x[-1]],
+                y=[value, value],
+                mode="lines",
+                name=label,
+                line={"color": colour, "dash": "dot"},
+                legendgroup=label,
+                showlegend=legend,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.add_hline(y=0.5, line={"color": "#6B7280", "dash": "dashdot", "width": 1}, row=1, col=col)
+
+
+def scans_figure(result: ProbeResult) -> go.Figure:
+    """Vim: binding by depth in the residual stream and in each scan direction's states."""
+    fig = make_subplots(rows=1, cols=1)
+    _add_depth_curves(fig, result)
+    fig.update_layout(
+        template=TEMPLATE,
+        width=900,
+        height=460,
+        title="Binding by depth: residual stream and each scan's hidden states<br><sup>"
+        f"{result.metrics.get('headline_probe', 'quadratic')} probe, distance-matched balanced "
+        "accuracy on held-out pairs; scan states reduced over the state dimension by C_t . h_t"
+        "</sup>",
+        yaxis_title="distance-matched balanced accuracy",
+        xaxis_title="layer",
+    )
+    return fig
+
+
+def scan_order_figure(result: ProbeResult) -> go.Figure:
+    """Vim: binding on pairs early in the scan (top half) and late (bottom half), by layer, for
+    the residual stream and each scan direction."""
+    a = result.arrays
+    x = [str(v) for v in a["layer_names"]]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        subplot_titles=(
+            "pairs early in the scan (top half)",
+            "pairs late in the scan (bottom half)",
+        ),
+    )
+    for key, colour, label, dash in DEPTH_SERIES:
+        halves = a.get(key.replace("_by_layer", "_by_half"))
+        if key == "headline_probe_by_layer":
+            halves = a.get("model_by_half")
+        if halves is None:
+            continue
+        for col in (1, 2):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=halves[col - 1],
+                    mode="lines+markers",
+                    name=label,
+                    line={"color": SOURCE_COLOURS[colour], "dash": dash},
+                    legendgroup=label,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_hline(
+                y=0.5, line={"color": "#6B7280", "dash": "dashdot", "width": 1}, row=1, col=col
+            )
+    fig.update_layout(
+        template=TEMPLATE,
+        width=1000,
+        height=460,
+        title="Does each scan bind what it has read?<br><sup>The forward scan has read what lies "
+        "before a patch (above, to the left), the backward scan what lies after; "
+        "distance-matched balanced accuracy by half of the image</sup>",
+        yaxis_title="distance-matched balanced accuracy",
+    )
+    return fig
+
+
+def depth_comparison_figure(results: dict[str, ProbeResult]) -> go.Figure:
+    """Side by side, one panel per model (e.g. zoo:vim-scenes and zoo:vit-scenes): binding by
+    depth with the controls, on the same pairs within each model."""
+    names = list(results)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
+    for col, name in enumerate(names, start=1):
+        _add_depth_curves(fig, results[name], col=col, legend=col == 1)
+    fig.update_layout(
+        template=TEMPLATE,
+        width=min(1000, 120 + 440 * len(names)),
+        height=480,
+        title="Distance-matched binding accuracy by depth, with controls",
+        yaxis_title="distance-matched balanced accuracy",
+    )
+    return fig
+
+
 def figures(result: ProbeResult) -> dict[str, go.Figure]:
     out = {
         "headline": headline_figure(result),
@@ -713,6 +858,10 @@ def figures(result: ProbeResult) -> dict[str, go.Figure]:
         "distance": distance_figure(result),
         "hard_pairs": hard_pairs_figure(result),
     }
+    if "scan_fwd_by_layer" in result.arrays:
+        out["scans"] = scans_figure(result)
+    if "scan_fwd_by_half" in result.arrays:
+        out["scan_order"] = scan_order_figure(result)
     if "attention_r" in result.arrays:
         out["attention"] = attention_figure(result)
     if "ablation_mean" in result.arrays:

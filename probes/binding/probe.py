@@ -3,7 +3,13 @@
 Which patches belong to one object is decoded from pairs of patch embeddings. Two patches of
 one object are usually close together and alike, so every number is measured beside controls
 on the very same pairs: raw pixel patches, patch positions alone, the model's own
-patch-embedding layer (layer 0) and the same architecture with random weights. The headline is
+patch-embedding layer (layer 0) and the same architecture with random weights.
+
+Vision Mamba (``vim``) models are probed the same way on their residual stream (the middle class
+token left out, stride-8 grids labelled by each overlapping patch's own window) and, per block,
+on each scan direction's hidden states reduced over the state dimension by the scan's own
+read-out (C_t . h_t: what the state contributes to the scan's output at that patch). They have
+no attention, so the attention probe and correlation are skipped. The headline is
 the distance-matched balanced accuracy: positives and negatives reweighted to one distance
 distribution, so distance alone scores 0.5.
 
@@ -34,7 +40,7 @@ from workbench.store import check_model
 from workbench.threads import torch_threads
 
 NAME = "binding"
-FAMILIES = ("vit",)
+FAMILIES = ("vit", "vim")
 DEFAULT_MODELS = ("zoo:vit-binding-contrast", "zoo:vit-binding-mae", "zoo:vit-binding-sup")
 
 
@@ -58,7 +64,7 @@ def check(model: LoadedModel, config: Config) -> None:
                 f"ablation_layer {config.ablation_layer} is not among the probed layers "
                 f"{probed}; add it to layers"
             )
-    if "attention" in config.probes and not model.n_heads:
+    if "attention" in config.probes and not model.n_heads and model.family != "vim":
         raise DataError(f"{model.spec} has no attention heads; drop attention from probes")
     if config.store:
         check_model(config.store, model)
@@ -78,8 +84,9 @@ def run(model: LoadedModel, config: Config, data: Data | None) -> Findings:
                 analyses.compare_controls(fitted, config),
                 analyses.subspace(fitted, config),
                 analyses.other_convention(fitted, config),
+                analyses.scan_order(fitted, config),
             ]
-            if config.attention:
+            if config.attention and model.n_heads:  # Vim has no attention to correlate
                 parts.append(analyses.attention_correlation(model, fitted, config))
             if config.ablation:
                 parts.append(analyses.ablation(model, fitted, config))

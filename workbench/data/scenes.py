@@ -139,9 +139,18 @@ def make_scenes(
 
 
 def patch_labels(
-    mask: np.ndarray, patch_size: int, *, background: int = 0, min_fraction: float = 0.5
+    mask: np.ndarray,
+    patch_size: int,
+    *,
+    background: int = 0,
+    min_fraction: float = 0.5,
+    stride: int | None = None,
 ) -> np.ndarray:
     """One id per patch, in the row-major order a ViT flattens patches: (n, H//p * W//p).
+
+    ``stride`` below ``patch_size`` labels overlapping patches (Vim's stride-8 grids): patch
+    (r, c) covers pixels [r*stride, r*stride + p) in each direction, and the grid has
+    (H - p) // stride + 1 patches per side.
 
     Each patch takes the most common id among its pixels (background included). Ties go to the
     smallest id, so a patch split 50/50 between background 0 and an object stays background. If
@@ -160,13 +169,24 @@ def patch_labels(
     if not 0.0 <= min_fraction <= 1.0:
         raise DataError(f"min_fraction must be in [0, 1]; got {min_fraction}")
     n, h, w = mask.shape
-    if h % patch_size or w % patch_size:
+    p = patch_size
+    step = stride or p
+    if step == p and (h % p or w % p):
         raise DataError(
-            f"mask is {h}x{w}, not divisible by patch_size {patch_size}; crop or resize the "
-            f"masks to a multiple of {patch_size}"
+            f"mask is {h}x{w}, not divisible by patch_size {p}; crop or resize the masks to a "
+            f"multiple of {p}"
         )
-    gh, gw, p = h // patch_size, w // patch_size, patch_size
-    blocks = mask.reshape(n, gh, p, gw, p).transpose(0, 1, 3, 2, 4).reshape(n * gh * gw, p * p)
+    if (h - p) % step or (w - p) % step or step > p:
+        raise DataError(
+            f"mask is {h}x{w}, not tiled by patches of {p} at stride {step}; crop or resize the "
+            f"masks so that (side - {p}) is a multiple of {step}"
+        )
+    gh, gw = (h - p) // step + 1, (w - p) // step + 1
+    if step == p:
+        blocks = mask.reshape(n, gh, p, gw, p).transpose(0, 1, 3, 2, 4).reshape(n * gh * gw, p * p)
+    else:
+        windows = np.lib.stride_tricks.sliding_window_view(mask, (p, p), axis=(1, 2))
+        blocks = windows[:, ::step, ::step].reshape(n * gh * gw, p * p)
     values, codes = np.unique(blocks, return_inverse=True)  # values sorted: ties -> smallest id
     codes = codes.reshape(blocks.shape)
     k = len(values)

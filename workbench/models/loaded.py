@@ -99,6 +99,11 @@ class LoadedModel:
     grid_size: int | None = None
     """Patches per side when patches overlap (stride below the patch width); else None."""
     n_prefix_tokens: int = 0
+    class_token_index: int | None = None
+    """Token index of a class token placed among the patches (Vim's middle one); None when the
+    class token and registers come first (``n_prefix_tokens`` of them)."""
+    patch_window: int | None = None
+    """A patch's width in pixels when patches overlap (``patch_size`` is then the stride)."""
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     extra_forward_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -207,6 +212,19 @@ class LoadedModel:
         if self.image_size is None or not self.patch_size:
             raise DataError(f"{self.spec} is a {self.family} model and has no image patches")
         return (self.grid_size or self.image_size // self.patch_size) ** 2
+
+    def patch_token_positions(self) -> torch.Tensor:
+        """Token indices of the patches in row-major patch order: the prefix tokens (class token,
+        registers) or Vim's middle class token left out. What probes read patch features at."""
+        n = self.n_patches
+        if self.class_token_index is None:
+            return torch.arange(self.n_prefix_tokens, self.n_prefix_tokens + n)
+        k = self.class_token_index
+        return torch.cat([torch.arange(k), torch.arange(k + 1, n + 1)])
+
+    def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens, ...) -> (batch, patches, ...) in row-major patch order."""
+        return tokens[:, self.patch_token_positions().to(tokens.device)]
 
     def encode_images(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 images (N, H, W, 3) at the model's own size -> normalised ``pixel_values``.

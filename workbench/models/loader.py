@@ -54,6 +54,8 @@ WEIGHT_FILES = (
 )
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+REVISION = re.compile(r"^[\w.\-/]+$")
+"""A hub branch, tag or commit (``step1000``, ``main``, a sha)."""
 
 
 def family_of(model_type: str) -> str:
@@ -81,8 +83,14 @@ def load_model(
     offload_folder: str | Path | None = None,
     backend: str = "hf",
     attn_implementation: str | None = None,
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (hub id, local folder, or ``zoo:NAME``) in eval mode with named sites.
+
+    ``revision`` picks a branch, tag or commit of a hub model (``revision="step1000"``: the
+    Pythia suite's checkpoint after 1000 steps); ``"ID@REVISION"`` says the same in one string,
+    which is what the CLI, sweeps and provenance carry. A zoo model's checkpoints are
+    ``zoo:NAME@STEP`` (``workbench zoo build NAME --checkpoints K`` makes them).
 
     ``device="auto"`` takes the accelerator when there is one, else the CPU; ``dtype="auto"``
     takes the checkpoint's own dtype on an accelerator (bfloat16 for OLMo-2) and float32 on the
@@ -93,7 +101,7 @@ def load_model(
     any weights are read. ``backend="transformer-lens"`` wraps a causal LM in TransformerLens's
     ``TransformerBridge`` and maps the same site names onto its hook points.
     """
-    spec = str(spec)
+    spec = with_revision(str(spec), revision)
     folder = resolve_spec(spec)
     config = _read_config(folder)
     family = family_of(config.get("model_type", ""))
@@ -157,13 +165,38 @@ def _device_map_of(model: nn.Module, main: torch.device) -> dict[str, str]:
 
 
 # -- spec resolution ---------------------------------------------------------------------------
+def with_revision(spec: str, revision: str | None) -> str:
+    """``spec`` with ``revision`` folded in as ``ID@REVISION`` (hub ids only)."""
+    if revision is None:
+        return spec
+    if spec.startswith("zoo:"):
+        raise ModelNotFoundError(
+            f"revision= picks a hub model's branch; a zoo checkpoint is named by its step: "
+            f"{spec}@STEP"
+        )
+    if "@" in spec or Path(spec).expanduser().exists() or not HUB_ID.match(spec):
+        raise ModelNotFoundError(
+            f"revision={revision!r} applies to a hub id (owner/name) without @; {spec!r} is not one"
+        )
+    if not REVISION.match(revision):
+        raise ModelNotFoundError(f"{revision!r} is not a branch, tag or commit name")
+    return f"{spec}@{revision}"
+
+
 def resolve_spec(spec: str) -> Path:
-    """The local folder that holds ``spec``'s files, downloading from the hub only if allowed."""
+    """The local folder that holds ``spec``'s files, downloading from the hub only if allowed.
+
+    ``ID@REVISION`` is a hub model at a branch, tag or commit; ``zoo:NAME@STEP`` a zoo model's
+    checkpoint.
+    """
     if spec.startswith("zoo:"):
         from workbench.zoo import zoo_path
 
         return zoo_path(spec.removeprefix("zoo:"))
     path = Path(spec).expanduser()
+    base, at, revision = spec.rpartition("@")
+    if at and not path.exists() and HUB_ID.match(base) and REVISION.match(revision):
+        return _from_hub(base, revision)
     if path.exists():
         if path.is_file() and path.suffix in CHECKPOINT_FILES:
             return path
@@ -181,20 +214,27 @@ def resolve_spec(spec: str) -> Path:
     return _from_hub(spec)
 
 
-def _from_hub(repo_id: str) -> Path:
+def _from_hub(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline
+            )
+        )
     except Exception:  # every hub failure gets the same advice
         why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        name = repo_id.split("/")[-1] + (f"-{revision.replace('/', '-')}" if revision else "")
+        at = f" --revision {revision}" if revision else ""
+        what = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
         raise ModelNotFoundError(
-            f"{repo_id!r} is not in the local Hugging Face cache and {why}.\n"
+            f"{what} is not in the local Hugging Face cache and {why}.\n"
             f"Load it from a local folder instead: on a machine with network access run\n"
-            f"    hf download {repo_id} --local-dir ./models/{repo_id.split('/')[-1]}\n"
-            f"copy that folder here and call load_model('./models/{repo_id.split('/')[-1]}') "
+            f"    hf download {repo_id}{at} --local-dir ./models/{name}\n"
+            f"copy that folder here and call load_model('./models/{name}') "
             f"(or `--model ./models/...`). Embedded models need no network: `workbench zoo list`."
         ) from None
 

@@ -29,10 +29,13 @@ Sites (each a module that runs once per forward, so ``capture`` and ``hooks`` wo
 ``blocks.{i}.mixer.out`` (what the block adds to the residual stream), and per direction
 ``d`` in ``fwd``/``bwd``: ``ssm.{i}.{d}.x`` (scan input after conv and SiLU), ``.delta`` (Δ),
 ``.B``, ``.C`` (batch, L, N), ``.y`` (scan output including D·x, before the gate) and ``.h``, the
-hidden states (batch, L, E, N), computed only when something hooks them. ``ssm.{i}.gate`` is
-SiLU(z). Backward-direction values are indexed by the original token position: the backward state
-at position t has read tokens t..L−1. The class token sits at token ``model.model.cls_index``;
-the patches fill the other positions in row-major order.
+hidden states (batch, L, E, N), computed only when something hooks them; ``.h_read`` is those
+states reduced over the state dimension N by the scan's own read-out, C_t · h_t (batch, L, E):
+the part of y that comes from the state (y without the skip term D·x), with no (L, E, N) tensor
+ever materialised. ``ssm.{i}.gate`` is SiLU(z). Backward-direction values are indexed by the
+original token position: the backward state at position t has read tokens t..L−1. The class
+token sits at token ``LoadedModel.class_token_index`` (the config's ``cls_index``); the patches
+fill the other positions in row-major order (``LoadedModel.patch_token_positions()``).
 """
 
 from __future__ import annotations
@@ -401,6 +404,7 @@ class DirectionPoints(nn.Module):
         self.B = HookPoint()
         self.C = HookPoint()
         self.h = HookPoint()
+        self.h_read = HookPoint()
         self.y = HookPoint()
 
 
@@ -476,9 +480,10 @@ class BiMamba(nn.Module):
         if h is not None:
             h = _tap(points.h, h, flip)
             # The read-out uses the (possibly edited) states; later states are not recomputed.
-            y = (h @ C.to(h.dtype)[..., None]).squeeze(-1) + D.to(h.dtype) * u.to(h.dtype)
+            read = _tap(points.h_read, (h @ C.to(h.dtype)[..., None]).squeeze(-1), flip)
+            y = read + D.to(h.dtype) * u.to(h.dtype)
         else:
-            y = y + _wide(D) * _wide(u)
+            y = _tap(points.h_read, y, flip) + _wide(D) * _wide(u)
         return _tap(points.y, y, flip)
 
     def scan_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -927,6 +932,8 @@ def load(
         patch_size=vim_config.stride,
         grid_size=None if vim_config.stride == vim_config.patch_size else vim_config.grid_size,
         n_prefix_tokens=0,
+        class_token_index=vim_config.cls_index,
+        patch_window=vim_config.patch_size if vim_config.stride != vim_config.patch_size else None,
         image_mean=vim_config.image_mean,
         image_std=vim_config.image_std,
         weights=vim_weights(vim_config.n_layers),
@@ -950,7 +957,7 @@ def vim_sites(n_layers: int) -> dict[str, Site]:
             Site(f"ssm.{i}.gate", f"{b}.mixer.gate", "output"),
         ]
         for d in DIRECTIONS:
-            for part in ("x", "delta", "B", "C", "h", "y"):
+            for part in ("x", "delta", "B", "C", "h", "h_read", "y"):
                 sites.append(Site(f"ssm.{i}.{d}.{part}", f"{b}.mixer.{d}.{part}", "output"))
     for w in vim_weights(n_layers).values():
         if w.param != "weight":

@@ -10,6 +10,7 @@ Hugging Face causal LM. Training is seeded and deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,15 +70,17 @@ def gpt2_config(vocab_size: int, eos_id: int, pad_id: int) -> GPT2Config:
     )
 
 
-def build(out_dir: Path, seed: int) -> dict:
-    """Train, evaluate the fp16 weights on canaries and held-out text, save atomically."""
+def build(out_dir: Path, seed: int, *, checkpoints: int = 0) -> dict:
+    """Train, evaluate the fp16 weights on canaries and held-out text, save atomically; with
+    ``checkpoints`` K, also keep the weights at K log-spaced steps."""
+    import copy
     import tempfile
 
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     from workbench.models.scratch import save_word_tokenizer
 
-    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS, checkpoints=checkpoints)
     with run.training(), tempfile.TemporaryDirectory() as tok_dir:
         save_word_tokenizer(Path(tok_dir), list(VOCABULARY), bert_style=False)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
@@ -87,7 +90,12 @@ def build(out_dir: Path, seed: int) -> dict:
             gpt2_config(len(tokenizer), tokenizer.get_vocab()[EOS], tokenizer.pad_token_id)
         )
         model.set_attn_implementation("eager")  # faster than sdpa at this size on CPU
-        train_loss = _train(model, train_ids, seed)
+
+        def write_checkpoint(folder: Path) -> None:
+            copy.deepcopy(model).half().save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        train_loss = _train(model, train_ids, seed, run, write_checkpoint)
         model = model.half().float().eval()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, tokenizer, corpus)
         model = model.half()
@@ -122,11 +130,20 @@ def encode(tokenizer: Any, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
     return out
 
 
-def _train(model: torch.nn.Module, ids: torch.Tensor, seed: int) -> float:
-    """Plain next-token training; returns the mean loss of the last epoch."""
+def _train(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    seed: int,
+    run: RecipeRun,
+    write_checkpoint: Callable[[Path], None],
+) -> float:
+    """Plain next-token training; returns the mean loss of the last epoch. The run keeps the
+    checkpoints it planned (``write_checkpoint`` writes one)."""
     n = len(ids)
     steps_per_epoch = n // BATCH_SIZE
     total = steps_per_epoch * EPOCHS
+    run.plan_checkpoints(total)
+    run.checkpoint(0, write_checkpoint)
     warmup = max(1, int(WARMUP_FRACTION * total))
     optimizer, schedule = adamw_warmup_cosine(
         model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, warmup=warmup, total=total
@@ -144,6 +161,7 @@ def _train(model: torch.nn.Module, ids: torch.Tensor, seed: int) -> float:
             optimizer_step(loss, optimizer, schedule, model.parameters())
             losses.append(loss.item())
             bar.update()
+            run.checkpoint(bar.n, write_checkpoint)  # bar.n: optimiser steps taken
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         last = float(np.mean(losses))
     bar.close()

@@ -1,12 +1,19 @@
 """What zoo recipes share: one run record, the held-out seed offset, the scene recipes' pixel
-scaling, the optimiser, schedule and step, flip augmentation, the ViT folder writer, and an
-atomic save.
+scaling, the optimiser, schedule and step, flip augmentation, the ViT folder writer, an atomic
+save, and checkpoints along training.
 
 A recipe opens a ``RecipeRun`` (name, recipe module, seed), trains a small model on synthetic
 data inside ``run.training()`` (seeded, thread-capped), and ends with ``run.save``: that
 times the build, writes the model's files and a ``recipe.json`` (name, recipe, seed, metrics,
 the recipe's own fields, torch and transformers versions, the weights' sha256) into a temporary
 folder, and swaps it in with one rename, so a failed build never leaves a half-written model.
+
+A run opened with ``checkpoints=K`` also keeps the weights at K log-spaced steps
+(``log_spaced_steps``): the recipe calls ``run.checkpoint(step, write)`` after every optimiser
+step (and at step 0), and the planned ones are written as loadable model folders into
+``NAME/checkpoints/step-S/`` with an ``index.json`` of their sha256s, loaded as
+``zoo:NAME@S``. Writing them reads no random numbers and leaves the training model untouched
+(each is written from a copy). The last checkpoint is the build's final model.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +36,8 @@ import numpy as np
 import torch
 import transformers
 
+from workbench.errors import WorkbenchError
+from workbench.staging import temp_prefix
 from workbench.threads import torch_threads
 
 if TYPE_CHECKING:
@@ -35,6 +46,9 @@ if TYPE_CHECKING:
 MAX_CHECKPOINT_BYTES = 5 * 2**20
 """Every committed zoo checkpoint stays at or under 5 MB."""
 WEIGHTS_FILE = "model.safetensors"
+CHECKPOINTS_FOLDER = "checkpoints"
+CHECKPOINT_INDEX = "index.json"
+"""``NAME/checkpoints/index.json``: each checkpoint's step and sha256, and the final weights'."""
 EVAL_SEED_OFFSET = 10_000
 """Held-out data comes from seed + this, so no recipe evaluates on what it trained on."""
 IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -54,8 +68,37 @@ class RecipeRun:
     recipe: str
     seed: int
     threads: int = 1
+    checkpoints: int = 0
+    """How many checkpoints to keep along training (0: none); see ``plan_checkpoints``."""
     started: float = field(default_factory=time.perf_counter, init=False)
     cpu_started: float = field(default_factory=time.process_time, init=False)
+    planned: tuple[int, ...] = field(default=(), init=False)
+    saved: dict[int, str] = field(default_factory=dict, init=False)
+    """Step -> sha256 of the checkpoints written so far."""
+    _staging: Path | None = field(default=None, init=False, repr=False)
+
+    def plan_checkpoints(self, total_steps: int) -> tuple[int, ...]:
+        """The steps whose weights ``checkpoint`` will keep (none unless ``checkpoints``)."""
+        self.planned = log_spaced_steps(total_steps, self.checkpoints) if self.checkpoints else ()
+        return self.planned
+
+    def checkpoint(self, step: int, write: Callable[[Path], object]) -> None:
+        """Keep the weights after ``step`` optimiser steps if that step is planned.
+
+        ``write(folder)`` writes a loadable model folder exactly as the final save does (fp16);
+        it must not change the training model (write a copy) nor draw random numbers.
+        """
+        if step not in self.planned or step in self.saved:
+            return
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix=temp_prefix("checkpoints")))
+            weakref.finalize(self, shutil.rmtree, self._staging, True)
+        folder = self._staging / checkpoint_folder_name(step)
+        folder.mkdir()
+        write(folder)
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"the checkpoint writer wrote no {WEIGHTS_FILE} into {folder}")
+        self.saved[step] = sha256_file(folder / WEIGHTS_FILE)
 
     @contextmanager
     def training(self) -> Iterator[None]:
@@ -88,8 +131,57 @@ class RecipeRun:
             "metrics": metrics,
             **fields,
         }
-        save_atomically(Path(out_dir), write, recipe)
+        missing = [s for s in self.planned if s not in self.saved]
+        if missing:
+            raise WorkbenchError(
+                f"the recipe of {self.name} planned checkpoints at steps {missing} but never "
+                "reached them; it must call run.checkpoint(step, write) after every step"
+            )
+
+        def write_all(folder: Path) -> None:
+            write(folder)
+            if self._staging is not None:
+                shutil.move(self._staging, folder / CHECKPOINTS_FOLDER)
+                index = {
+                    "name": self.name,
+                    "model_sha256": sha256_file(folder / WEIGHTS_FILE),
+                    "steps": {str(k): v for k, v in sorted(self.saved.items())},
+                }
+                text = json.dumps(index, indent=2) + "\n"
+                (folder / CHECKPOINTS_FOLDER / CHECKPOINT_INDEX).write_text(text)
+
+        save_atomically(Path(out_dir), write_all, recipe)
         return metrics
+
+
+def log_spaced_steps(total_steps: int, count: int) -> tuple[int, ...]:
+    """``count`` distinct steps from 0 (the initial weights) to ``total_steps`` (the final
+    ones), log-spaced in between: early training, where weights change fastest, gets the most.
+
+    ``count`` 1 is the final step alone; more than ``total_steps + 1`` is refused.
+    """
+    if count < 1 or total_steps < 1:
+        raise WorkbenchError(f"checkpoints must be at least 1 (got {count}) over >= 1 steps")
+    if count > total_steps + 1:
+        raise WorkbenchError(
+            f"{count} checkpoints do not fit a training run of {total_steps} steps; ask for at "
+            f"most {total_steps + 1}"
+        )
+    if count <= 2:
+        return (0, total_steps)[2 - count :]
+    want, points = count - 1, count - 1
+    while True:
+        steps = np.unique(np.round(np.geomspace(1, total_steps, points)).astype(int))
+        if len(steps) >= want:
+            break
+        points += 1
+    if len(steps) > want:  # thin to ``want`` steps, keeping the first and the last
+        steps = steps[np.round(np.linspace(0, len(steps) - 1, want)).astype(int)]
+    return (0, *(int(s) for s in steps))
+
+
+def checkpoint_folder_name(step: int) -> str:
+    return f"step-{step}"
 
 
 def to_pixel_values(images: np.ndarray) -> torch.Tensor:

@@ -11,6 +11,7 @@ The middle class token and the bidirectional scans are as in the official Vim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,21 @@ def vim_config() -> VimConfig:
     )
 
 
-def build(out_dir: Path, seed: int) -> dict:
-    """Train, evaluate the fp16 weights on held-out scenes, and save atomically into ``out_dir``."""
-    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
+def build(out_dir: Path, seed: int, *, checkpoints: int = 0) -> dict:
+    """Train, evaluate the fp16 weights on held-out scenes, and save atomically into ``out_dir``;
+    keep ``checkpoints`` log-spaced checkpoints along the way."""
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS, checkpoints=checkpoints)
     with run.training(), flush_denormals():
         train = make_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
         model = VisionMamba(vim_config())
-        train_loss = _train(model, train, seed)
+
+        def write_checkpoint(folder: Path) -> None:
+            save_pretrained(model, folder, torch.float16)  # writes fp16 copies
+
+        run.plan_checkpoints(STEPS)
+        run.checkpoint(0, write_checkpoint)
+        train_loss = _train(model, train, seed, lambda step: run.checkpoint(step, write_checkpoint))
         model = model.half().float()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, held)
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
@@ -112,10 +120,16 @@ def build(out_dir: Path, seed: int) -> dict:
     return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
-def _train(model: VisionMamba, scenes: Scenes, seed: int) -> float:
+def _train(
+    model: VisionMamba,
+    scenes: Scenes,
+    seed: int,
+    after_step: Callable[[int], None] = lambda step: None,
+) -> float:
     """Supervised multi-label training; returns the mean multi-label loss of the last 100 steps.
 
-    Batches walk through a fresh permutation of the scenes each pass, for ``STEPS`` steps.
+    Batches walk through a fresh permutation of the scenes each pass, for ``STEPS`` steps;
+    ``after_step(k)`` is called after the k-th optimiser step (to keep checkpoints).
     """
     labels = torch.from_numpy(scenes.present().astype(np.float32))
     patch_classes = torch.from_numpy(
@@ -152,6 +166,7 @@ def _train(model: VisionMamba, scenes: Scenes, seed: int) -> float:
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", patch=f"{dense.item():.3f}", refresh=False)
+        after_step(step + 1)
     bar.close()
     model.eval()
     return float(np.mean(losses[-100:]))

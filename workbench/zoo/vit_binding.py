@@ -19,6 +19,7 @@ is seeded and the scenes deterministic; held-out metrics come from scenes of ano
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -116,7 +117,7 @@ def encoder_kwargs() -> dict[str, Any]:
 
 
 # -- builders ----------------------------------------------------------------------------------
-def build_mae(out_dir: Path, seed: int) -> dict:
+def build_mae(out_dir: Path, seed: int, *, checkpoints: int = 0) -> dict:
     """Masked autoencoding; saves the encoder as a ViTMAE model with ``mask_ratio`` 0."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
@@ -149,6 +150,7 @@ def build_mae(out_dir: Path, seed: int) -> dict:
         "vit-binding-mae",
         out_dir,
         seed,
+        checkpoints=checkpoints,
         make=make,
         loss_fn=loss_fn,
         steps=MAE_STEPS,
@@ -163,7 +165,7 @@ def build_mae(out_dir: Path, seed: int) -> dict:
     )
 
 
-def build_contrast(out_dir: Path, seed: int) -> dict:
+def build_contrast(out_dir: Path, seed: int, *, checkpoints: int = 0) -> dict:
     """InfoNCE between two augmented views of each scene; the projection head is dropped."""
     from transformers import ViTConfig, ViTModel
 
@@ -192,6 +194,7 @@ def build_contrast(out_dir: Path, seed: int) -> dict:
         "vit-binding-contrast",
         out_dir,
         seed,
+        checkpoints=checkpoints,
         make=make,
         loss_fn=loss_fn,
         steps=CONTRAST_STEPS,
@@ -208,7 +211,7 @@ def build_contrast(out_dir: Path, seed: int) -> dict:
     )
 
 
-def build_supervised(out_dir: Path, seed: int) -> dict:
+def build_supervised(out_dir: Path, seed: int, *, checkpoints: int = 0) -> dict:
     """Which shapes appear (multi-label BCE) plus a discarded per-patch class head."""
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -244,6 +247,7 @@ def build_supervised(out_dir: Path, seed: int) -> dict:
         "vit-binding-sup",
         out_dir,
         seed,
+        checkpoints=checkpoints,
         make=make,
         loss_fn=loss_fn,
         steps=SUPERVISED_STEPS,
@@ -273,14 +277,32 @@ def _build(
     evaluate: Callable[[Model, Scenes], dict],
     to_save: Callable[[Model], PreTrainedModel],
     details: dict[str, Any],
+    checkpoints: int = 0,
 ) -> dict:
-    """Render scenes, train, evaluate the fp16 weights on held-out scenes, save atomically."""
-    run = RecipeRun(name, __name__, seed, threads=MAX_THREADS)
+    """Render scenes, train, evaluate the fp16 weights on held-out scenes, save atomically;
+    keep ``checkpoints`` log-spaced checkpoints along the way, saved as the final model is."""
+    run = RecipeRun(name, __name__, seed, threads=MAX_THREADS, checkpoints=checkpoints)
     with run.training():
         train = make_binding_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_binding_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
         model = make()
-        train_loss = _train(name, model, train, loss_fn, steps, lr, seed)
+
+        def write_checkpoint(folder: Path) -> None:
+            encoder = to_save(copy.deepcopy(model)).half()
+            write_vit_folder(encoder, folder, IMAGE_MEAN, IMAGE_STD)
+
+        run.plan_checkpoints(steps)
+        run.checkpoint(0, write_checkpoint)
+        train_loss = _train(
+            name,
+            model,
+            train,
+            loss_fn,
+            steps,
+            lr,
+            seed,
+            lambda step: run.checkpoint(step, write_checkpoint),
+        )
         model = model.half().float()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model, held)
         saved = to_save(model).half()
@@ -308,8 +330,10 @@ def _train(
     steps: int,
     lr: float,
     seed: int,
+    after_step: Callable[[int], None] = lambda step: None,
 ) -> float:
-    """AdamW with warm-up and cosine decay; returns the mean loss of the last tenth of steps."""
+    """AdamW with warm-up and cosine decay; returns the mean loss of the last tenth of steps.
+    ``after_step(k)`` is called after the k-th optimiser step (to keep checkpoints)."""
     present = torch.from_numpy(_present(scenes).astype(np.float32))
     patch_classes = torch.from_numpy(
         patch_labels(scenes.class_ids, PATCH_SIZE, min_fraction=0.0).astype(np.int64)
@@ -325,7 +349,7 @@ def _train(
     order = torch.randperm(len(scenes), generator=gen)
     cursor = 0
     bar = tqdm(total=steps, desc=f"train {name}", unit="step")
-    for _step in range(steps):
+    for step in range(steps):
         if cursor + BATCH_SIZE > len(order):
             order, cursor = torch.randperm(len(scenes), generator=gen), 0
         idx = order[cursor : cursor + BATCH_SIZE]
@@ -337,6 +361,7 @@ def _train(
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        after_step(step + 1)
     bar.close()
     model.eval()
     return float(np.mean(losses[-max(1, steps // 10) :]))

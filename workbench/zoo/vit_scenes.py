@@ -10,6 +10,8 @@ layer, object identity is represented. Training is seeded and the data determini
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,19 +92,26 @@ def data_fields(seed: int, train_size: int, eval_size: int) -> dict[str, Any]:
     return {**fields, "classes": list(SHAPES)}
 
 
-def build(out_dir: Path, seed: int) -> dict:
-    """Train the model, evaluate it on held-out scenes, and save it atomically into ``out_dir``.
+def build(out_dir: Path, seed: int, *, checkpoints: int = 0) -> dict:
+    """Train the model, evaluate it on held-out scenes, and save it atomically into ``out_dir``;
+    keep ``checkpoints`` log-spaced checkpoints along the way.
 
     Returns the held-out metrics (also written to ``recipe.json``).
     """
     from transformers import ViTForImageClassification
 
-    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS)
+    run = RecipeRun(NAME, __name__, seed, threads=MAX_THREADS, checkpoints=checkpoints)
     with run.training():
         train = make_scenes(TRAIN_SIZE, seed=seed, **SCENE_KWARGS)
         held = make_scenes(EVAL_SIZE, seed=seed + EVAL_SEED_OFFSET, **SCENE_KWARGS)
         model = ViTForImageClassification(vit_config())
-        train_loss = _train(model, train, seed)
+
+        def write_checkpoint(folder: Path) -> None:
+            write_vit_folder(copy.deepcopy(model).half(), folder, IMAGE_MEAN, IMAGE_STD)
+
+        run.plan_checkpoints(EPOCHS * (TRAIN_SIZE // BATCH_SIZE))
+        run.checkpoint(0, write_checkpoint)
+        train_loss = _train(model, train, seed, lambda step: run.checkpoint(step, write_checkpoint))
         model = model.half()  # evaluate exactly the fp16 weights that are saved
         metrics = evaluate(model.float(), held)
         model = model.half()
@@ -123,8 +132,14 @@ def build(out_dir: Path, seed: int) -> dict:
     return run.save(out_dir, write, metrics=metrics, train_loss=train_loss, fields=fields)
 
 
-def _train(model: ViTForImageClassification, scenes: Scenes, seed: int) -> float:
-    """Supervised multi-label training; returns the mean multi-label loss of the last epoch.
+def _train(
+    model: ViTForImageClassification,
+    scenes: Scenes,
+    seed: int,
+    after_step: Callable[[int], None] = lambda step: None,
+) -> float:
+    """Supervised multi-label training; returns the mean multi-label loss of the last epoch;
+    ``after_step(k)`` is called after the k-th optimiser step (to keep checkpoints).
 
     With ``PATCH_LOSS_WEIGHT > 0`` a throw-away linear head also predicts each patch's class
     from the final patch tokens (dense supervision speeds learning up a lot on a CPU budget);
@@ -167,6 +182,7 @@ def _train(model: ViTForImageClassification, scenes: Scenes, seed: int) -> float
             losses.append(out.loss.item())
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            after_step(bar.n)
         last = float(np.mean(losses))
     bar.close()
     model.eval()
