@@ -37,7 +37,7 @@ import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
-from workbench.figures import new_figure
+from workbench.figures import fit_cell, new_figure
 from workbench.models import LoadedModel, load_model
 from workbench.staging import sibling_name
 
@@ -114,14 +114,14 @@ class Trajectory:
     def figures(self) -> dict[str, go.Figure]:
         """Every figure that has data; refused if two consecutive digests are the same."""
         check_distinct(self.steps, self.digests)
-        out = {}
+        out: dict[str, go.Figure] = {}
         if self.atlas:
             out["decodability"] = decodability_figure(self)
         if self.recitation:
             out["recitation"] = recitation_figure(self)
         if self.binding:
             out["binding"] = binding_figure(self)
-        return out
+        return {name: fit_cell(fig) for name, fig in out.items()}
 
     def save(self, folder: str | Path) -> Path:
         """``trajectory.json`` and every figure (HTML), written to a temporary folder and
@@ -345,9 +345,7 @@ def recitation_figure(t: Trajectory) -> go.Figure:
     fig.update_xaxes(type="category", title_text="training step")
     fig.update_yaxes(title_text="fraction recited", range=[-0.02, 1.02], row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(
-        title=f"When do the canaries become recited? {t.spec}", width=1000, height=460
-    )
+    fig.update_layout(title=f"When do the canaries become recited? {t.spec}", height=460)
     return fig
 
 
