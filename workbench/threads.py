@@ -30,8 +30,15 @@ LARGE_MODEL_PARAMETERS = 20_000_000
 
 
 def threads_for(model: Any, requested: int = 0) -> int:
-    """``requested`` threads, or for 0 every core for large models and one for small ones."""
+    """``requested`` threads, or for 0 every core for large models and one for small ones.
+
+    A machine whose load average already fills every core gets one thread: threads that wait
+    for each other at every matrix product run several times slower than one thread alone.
+    """
     if requested > 0:
         return requested
+    cores = os.cpu_count() or 1
     parameters = sum(p.numel() for p in model.model.parameters())
-    return (os.cpu_count() or 1) if parameters >= LARGE_MODEL_PARAMETERS else 1
+    if parameters < LARGE_MODEL_PARAMETERS or os.getloadavg()[0] >= cores:
+        return 1
+    return cores

@@ -299,6 +299,18 @@ def candidate_set(
     )
 
 
+def check_fits(model: LoadedModel, data: CanarySet, seq_len: int) -> None:
+    """Refuse sequences longer than the model reads, before any heavy work."""
+    limit = model.context_length
+    longest = max(len(p) for p in data.prompts) + max(len(t) for t in data.targets)
+    if limit is not None and max(longest, seq_len) > limit:
+        raise DataError(
+            f"{model.spec} reads at most {limit} tokens, but the longest prompt and target take "
+            f"{longest} and seq_len is {seq_len}; use shorter sequences, prefix_tokens, "
+            "suffix_tokens or seq_len"
+        )
+
+
 def _cut(ids: list[int], prefix: int, suffix: int) -> tuple[list[int], list[int]]:
     return ids[:prefix], ids[prefix : prefix + suffix]
 

@@ -12,7 +12,13 @@ from tqdm.auto import tqdm
 
 from probes.curvature import compute
 from probes.curvature.config import Config
-from probes.curvature.data import CanarySet, CurvatureData, factor_batches, memorization_set
+from probes.curvature.data import (
+    CanarySet,
+    CurvatureData,
+    check_fits,
+    factor_batches,
+    memorization_set,
+)
 from probes.curvature.factors import KFACFactors, collect_factors, resolve_weights
 from probes.curvature.memorization import Evaluation, evaluate, score_text
 from probes.curvature.plots import figures
@@ -68,6 +74,7 @@ def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Find
             raise DataError(f"the given factors lack {missing}; collect them for these weights")
         factors.check_model(model)
     canaries = memorization_set(model, config) if data is None else data.canaries
+    check_fits(model, canaries, config.seq_len)
 
     if factors is None:
         factors = factors_for(model, config)
