@@ -32,7 +32,8 @@ def _logits(
         batch["attention_mask"] = mask
     if keep and model.backend == "hf":
         batch["logits_to_keep"] = keep
-    logits = model.forward(batch).logits
+    out = model.forward(batch)
+    logits = getattr(out, "logits", out)  # the TransformerLens backend returns the tensor
     return (logits[:, -keep:] if keep else logits).float()
 
 

@@ -172,7 +172,7 @@ class Reweaving(nn.Module):
         """``h + g (m - h)``; exact at both ends of the gate."""
         if not isinstance(gate, torch.Tensor):
             gate = torch.tensor(float(gate))
-        return torch.lerp(h, m.to(h.dtype), gate.to(h.dtype))
+        return torch.lerp(h, m.to(h.dtype), gate.to(h.device, h.dtype))
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -184,7 +184,7 @@ class Reweaving(nn.Module):
             "gate_kind": np.array(self.gate_kind),
             "read": np.array(self.read),
         }
-        params = {k: v.detach().float().numpy() for k, v in self.state_dict().items()}
+        params = {k: v.detach().float().cpu().numpy() for k, v in self.state_dict().items()}
         return {f"{prefix}.{k}": v for k, v in {**meta, **params}.items()}
 
     @classmethod
