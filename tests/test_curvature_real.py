@@ -346,3 +346,27 @@ def test_unknown_words_warn_but_special_tokens_never_count(gpt2_folder):
         recall_lm.encode_texts([f"{EOT} the code is {EOT}"])
     with pytest.raises(DataError, match="unknown to"):
         curvature.run(recall_lm, TINY)  # the shipped English means nothing to this model
+
+
+@pytest.mark.slow
+def test_transformer_lens_backend_gives_the_same_numbers(gpt2_folder):
+    """Same ids (no extra BOS from the bridge), same MLP weights, same curvature result."""
+    hf_gpt2 = load_model(gpt2_folder)
+    tl_gpt2 = load_model(gpt2_folder, backend="transformer-lens")
+    texts = ["Hello world, this is a test.", "Another line"]
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(hf_gpt2.encode_texts(texts)[key], tl_gpt2.encode_texts(texts)[key])
+    assert tl_gpt2.weight_names() == hf_gpt2.weight_names(r"mlp\.")
+
+    config = curvature.Config(
+        sweep=(0.9,), svd_sweep=(0.9,), match_svd=False, factor_tokens=1024, held_out_tokens=640
+    )
+    hf = curvature.run(load_model("zoo:gpt2-canaries"), config)
+    tl = curvature.run(load_model("zoo:gpt2-canaries", backend="transformer-lens"), config)
+    for key in ("perplexity_before", "perplexity_after", "strict_before", "strict_after"):
+        assert tl.metrics[key] == pytest.approx(hf.metrics[key], rel=1e-4), key
+    assert tl.metrics["factor_positions"] == hf.metrics["factor_positions"]
+    spectrum = hf.arrays["eig_A.blocks.0.mlp.W_in"]
+    np.testing.assert_allclose(
+        tl.arrays["eig_A.blocks.0.mlp.W_in"], spectrum, rtol=1e-3, atol=1e-5 * spectrum[0]
+    )
