@@ -366,6 +366,7 @@ def test_transformer_lens_backend_gives_the_same_numbers(gpt2_folder):
     for key in ("perplexity_before", "perplexity_after", "strict_before", "strict_after"):
         assert tl.metrics[key] == pytest.approx(hf.metrics[key], rel=1e-4), key
     assert tl.metrics["factor_positions"] == hf.metrics["factor_positions"]
+    assert "split copies" in tl.provenance["backend_note"] and hf.provenance["backend"] == "hf"
     spectrum = hf.arrays["eig_A.blocks.0.mlp.W_in"]
     np.testing.assert_allclose(
         tl.arrays["eig_A.blocks.0.mlp.W_in"], spectrum, rtol=1e-3, atol=1e-5 * spectrum[0]

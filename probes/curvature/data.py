@@ -170,18 +170,20 @@ def _factor_documents(
     return lambda: canary_corpus.background_sequences(seq_len=seq_len, seed=seed), None
 
 
-def held_out_text(
-    model: LoadedModel, config: Config, documents: Callable[[], Iterable[str]] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of the held-out sequences: ``config.held_out`` or the default."""
+def held_out_text(model: LoadedModel, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the held-out sequences: ``config.held_out``, else the canary corpus's
+    held-out text on a model of its vocabulary, else the shipped collection's held-out part."""
     separator = _separator(model)
+    documents: Callable[[], Iterable[str]]
     if config.held_out:
         path, field = config.held_out, config.text_field
-        documents = documents or (lambda: read_documents(path, text_field=field))
-    elif documents is None:
-        documents = lambda: python_documents("held_out")  # noqa: E731
+        documents = lambda: read_documents(path, text_field=field)  # noqa: E731
+    elif knows_canary_words(model):
+        kwargs = training_corpus_kwargs(model) | {"n_background": 0}
+        held = canary_corpus.make_canary_corpus(seed=config.corpus_seed, **kwargs).held_out_texts
+        documents, separator = lambda: iter(held), None  # they start with end-of-text already
     else:
-        separator = None  # canary-corpus sequences already start with end-of-text
+        documents = lambda: python_documents("held_out")  # noqa: E731
     ids = TokenBatches(
         documents,
         model.processor,
@@ -230,8 +232,7 @@ def canary_set(model: LoadedModel, config: Config) -> CanarySet:
         targets.append(torch.tensor(tail))
         prompt_texts.append(" ".join((canary_corpus.EOS, *canary[: config.prefix_tokens])))
         target_texts.append(model.processor.decode(tail))
-    held = corpus.held_out_texts
-    held_ids, held_mask = held_out_text(model, config, None if config.held_out else lambda: held)
+    held_ids, held_mask = held_out_text(model, config)
     reps = corpus.repetitions.copy()
     return CanarySet(
         prompts=prompts,

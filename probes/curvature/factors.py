@@ -79,11 +79,20 @@ class FactorSums:
             count=self.count + other.count,
         )
 
-    def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(A, G) per weight: the sums divided by the number of positions."""
+    def factors(
+        self, *, in_place: bool = False
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(A, G) per weight: the sums divided by the number of positions (``in_place`` divides
+        the sums themselves, which saves a copy of every factor when the sums are not needed
+        again)."""
         if self.count == 0:
             raise DataError(
                 "no token positions contributed (every sequence shorter than 2 tokens?)"
+            )
+        if in_place:
+            return (
+                {n: t.div_(self.count) for n, t in self.a.items()},
+                {n: t.div_(self.count) for n, t in self.g.items()},
             )
         return (
             {n: t / self.count for n, t in self.a.items()},
@@ -296,7 +305,7 @@ def collect_factors(
             else FactorSums({**sums.a, **part.a}, {**sums.g, **part.g}, part.count)
         )
     assert sums is not None
-    a, g = sums.factors()
+    a, g = sums.factors(in_place=True)
     return KFACFactors(
         a=a,
         g=g,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from probes.curvature import compute
 from workbench.errors import DataError
@@ -54,13 +55,16 @@ def greedy_continue(
     then one position per step.
     """
     out: list[torch.Tensor | None] = [None] * len(prompts)
-    for _, idx in _by_length(prompts).items():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            ids = torch.stack([prompts[i] for i in chunk])
-            new = _decode_greedily(model, ids, n_tokens)
-            for k, i in enumerate(chunk):
-                out[i] = new[k]
+    chunks = [
+        idx[start : start + batch_size]
+        for idx in _by_length(prompts).values()
+        for start in range(0, len(idx), batch_size)
+    ]
+    for chunk in tqdm(chunks, desc="recitation", unit="batch", leave=False):
+        ids = torch.stack([prompts[i] for i in chunk])
+        new = _decode_greedily(model, ids, n_tokens)
+        for k, i in enumerate(chunk):
+            out[i] = new[k]
     return out  # type: ignore[return-value]
 
 

@@ -26,6 +26,7 @@ from workbench.capture import capture
 from workbench.edit import edited
 from workbench.errors import DataError, FamilyError
 from workbench.models import LoadedModel
+from workbench.models.loader import backend_note
 from workbench.probe import Findings, run_frame
 from workbench.threads import threads_for, torch_threads
 
@@ -163,7 +164,7 @@ def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Find
         (energies, svd_points, svd_ranks),
         spectrum,
     )
-    return Findings(metrics, arrays, _summary(model.spec, metrics))
+    return Findings(metrics, arrays, _summary(model.spec, metrics), backend_note(model))
 
 
 def factors_for(model: LoadedModel, config: Config) -> KFACFactors:

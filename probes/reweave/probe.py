@@ -27,6 +27,7 @@ from workbench.data.corpus import read_documents
 from workbench.data.texts import python_documents
 from workbench.errors import DataError
 from workbench.models import LoadedModel
+from workbench.models.loader import backend_note
 from workbench.probe import Findings, run_frame
 from workbench.threads import threads_for, torch_threads
 
@@ -142,7 +143,9 @@ def _run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings
     _example(model, config, vocab, ops, arrays)
     metrics.update(_attention_metrics(stats, list(ops), target))
     metrics["headline"] = _headline(metrics, causal)
-    return Findings(metrics, arrays, _summary(model.spec, metrics, list(ops), causal))
+    return Findings(
+        metrics, arrays, _summary(model.spec, metrics, list(ops), causal), backend_note(model)
+    )
 
 
 def _corpus_counts(config: Config) -> Callable[[list[str]], tuple[dict[str, int], str]]:

@@ -419,6 +419,18 @@ def _load_bridge(spec: str, folder: Path, dtype: torch.dtype) -> LoadedModel:
     )
 
 
+def backend_note(model: LoadedModel) -> dict[str, str]:
+    """What a result records about the backend it ran on (probes add it to their provenance)."""
+    note = {"backend": model.backend}
+    if model.backend == "transformer-lens":
+        note["backend_note"] = (
+            "TransformerLens bridge: the same token ids and MLP weights as the Hugging Face "
+            "backend; its parameter count also holds split copies of a fused QKV projection "
+            "(GPT-2, GPT-NeoX), which the Hugging Face count does not"
+        )
+    return note
+
+
 def peek_family(spec: str | Path) -> str:
     """The family ``spec`` would load as, from its config alone (cheap: no weights read)."""
     folder = resolve_spec(str(spec))
