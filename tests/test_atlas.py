@@ -169,3 +169,64 @@ def test_widget_controls_update_the_figure(minilm_result):
     assert set(colour_options(minilm_result)) == {"label", "template", "word"}
     hover = {h for t in explorer.figure.data for h in t.text}
     assert hover == set(minilm_result.arrays["hover"].tolist())
+
+
+def test_summary_never_calls_a_below_chance_result_a_gain():
+    from probes.atlas.probe import _summary
+
+    names = ["embed", "block 0", "block 1"]
+    below = _summary("m", "class", names, np.array([0.20, 0.26, 0.24]), 0.328, 1, {})
+    assert "gain" not in below and "does not beat chance" in below
+    above = _summary("m", "class", names, np.array([0.30, 0.60, 0.90]), 0.30, 1, {})
+    assert "half of that gain over chance is reached by block 0" in above
+
+
+def test_atlas_from_a_store_equals_atlas_from_memory_and_says_it_reused_it(
+    tmp_path, scratch_models
+):
+    from workbench import store as store_module
+
+    lm = load_model(scratch_models["vit"])
+    small = dict(n_inputs=30, max_points=300, folds=3, methods=("pca",), random_control=True)
+    memory = atlas.run(lm, atlas.Config(**small))
+    built = atlas.run(lm, atlas.Config(**small, store=str(tmp_path / "s")))
+    real = store_module._forward
+    store_module._forward = None  # reuse must not run the model
+    try:
+        reused = atlas.run(lm, atlas.Config(**small, store=str(tmp_path / "s")))
+    finally:
+        store_module._forward = real
+    assert memory.provenance["features"]["where"] == "memory"
+    assert built.provenance["features"]["reused"] is False
+    assert reused.provenance["features"]["reused"] is True
+    assert reused.provenance["random_init_features"]["reused"] is True
+    for result in (built, reused):
+        assert np.allclose(result.arrays["accuracy"], memory.arrays["accuracy"], atol=1e-6)
+        assert np.allclose(result.arrays["pca"], memory.arrays["pca"], atol=1e-5)
+        assert result.metrics["peak_accuracy"] == pytest.approx(memory.metrics["peak_accuracy"])
+
+
+def test_atlas_reads_your_image_folder_at_the_class_token(tmp_path, scratch_models):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        folder = tmp_path / "photos" / cls
+        folder.mkdir(parents=True)
+        for k in range(12):
+            noisy = np.clip(np.array(colour) + rng.normal(0, 40, (50, 70, 3)), 0, 255)
+            Image.fromarray(noisy.astype(np.uint8)).save(folder / f"{k}.png")
+    lm = load_model(scratch_models["dinov2"])
+    config = atlas.Config(
+        dataset="imagefolder",
+        data_path=str(tmp_path / "photos"),
+        folds=3,
+        methods=("pca",),
+        random_control=False,
+    )
+    result = atlas.run(lm, config)
+    m = result.metrics
+    assert m["n_points"] == 24 and m["label"] == "image class"
+    assert m["peak_accuracy"] > m["chance_accuracy"] + 0.3  # colour is plain at the embedding
+    with pytest.raises(ConfigError, match="needs data_path"):
+        atlas.Config(dataset="coco")

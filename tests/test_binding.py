@@ -347,7 +347,8 @@ def test_bad_input_fails_before_work(scratch_vit64, scratch_models):
         ({"min_patch_fraction": 1.5}, "min_patch_fraction must lie in"),
         ({"layers": (-1,)}, "layers\\[0\\] must be at least 0"),
         ({"bootstrap": -1}, "bootstrap must lie in"),
-        ({"threads": 0}, "threads must lie in"),
+        ({"threads": -1}, "threads must lie in"),
+        ({"minibatch_images": 0}, "minibatch_images must lie in"),
         ({"dataset": "coco", "data_path": "images"}, "needs annotations"),
     ],
 )
@@ -374,3 +375,58 @@ def test_model_dependent_bad_settings_fail_before_any_data_or_fit(
     monkeypatch.setattr(binding_probe, "fit_all", heavy)
     with pytest.raises(DataError, match=message):
         binding.run(scratch_vit64, binding.Config(**params))
+
+
+def test_minibatch_fit_recovers_the_planted_signal_reading_batch_by_batch():
+    x, ids, classes, _ = _planted_instances(n_images=80)
+    train, test = np.arange(60), slice(60, 80)
+    same, valid = (torch.from_numpy(a) for a in compute.pair_targets(ids[train]))
+    scaler = compute.Standardiser.fit(x[train], torch.from_numpy(ids[train] > 0))
+    z = scaler(x)
+    seen = []
+
+    def read(rows):
+        seen.append(len(rows))
+        return z[torch.from_numpy(train[rows])], None
+
+    settings = compute.FitSettings(full_batch_images=16, minibatch_images=8, epochs=10)
+    probe = compute.fit_probe_from("quadratic", 24, read, same, valid, settings=settings)
+    assert max(seen) <= 8 and sum(seen) == 10 * 60  # only minibatches were ever read
+    pairs = compute.PairSet.build(ids[test], classes[test], (6, 6), "exclude")
+    scores = pairs.take(compute.score_pairs(probe, z[test]).numpy())
+    assert compute.pair_metrics(scores, pairs, 3.0)["balanced_accuracy"] > 0.8
+
+
+def test_streamed_standardiser_equals_the_one_pass_statistics():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 7, 5, generator=gen) * 3 + 1
+    usable = torch.rand(10, 7, generator=gen) > 0.3
+    whole = compute.Standardiser.fit(x, usable)
+    parts = compute.Standardiser.fit_chunks([(x[:4], usable[:4]), (x[4:], usable[4:])])
+    assert torch.allclose(whole.mean, x[usable].mean(0), atol=1e-6)
+    assert torch.allclose(whole.std, x[usable].std(0), atol=1e-5)
+    assert torch.allclose(parts.mean, whole.mean) and torch.allclose(parts.std, whole.std)
+
+
+def test_recomputed_attention_pattern_equals_the_models_own(scratch_vit64):
+    from probes.binding.fit import _projection
+    from workbench.capture import capture
+
+    lm = scratch_vit64
+    images = make_binding_scenes(3, size=64, seed=2).images
+    cache = capture(lm, images, ["blocks.1.attn.W_Q.input", "blocks.1.attn.pattern"])
+    wq, bq = _projection(lm, "blocks.1.attn.W_Q")
+    wk, bk = _projection(lm, "blocks.1.attn.W_K")
+    x = cache["blocks.1.attn.W_Q.input"]
+    ours = compute.attention_pattern(x @ wq.T + bq, x @ wk.T + bk, lm.n_heads, lm.n_prefix_tokens)
+    p = lm.n_prefix_tokens
+    own = cache["blocks.1.attn.pattern"].mean(1)[:, p:, p:]
+    assert torch.allclose(ours, (own + own.transpose(1, 2)) / 2, atol=1e-6)
+
+
+def test_max_layers_spreads_the_probed_layers_evenly():
+    from probes.binding.fit import probed_layers
+
+    assert probed_layers(binding.Config(max_layers=5), 12) == [0, 3, 6, 9, 12]
+    assert probed_layers(binding.Config(max_layers=5), 3) == [0, 1, 2, 3]
+    assert probed_layers(binding.Config(max_layers=5, layers=(4,)), 12) == [0, 4, 12]

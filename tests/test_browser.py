@@ -78,14 +78,28 @@ def _lab_settings(settings: Path) -> None:
         path.write_text(json.dumps(value))
 
 
+BROWSER_PARAMS: dict[str, dict] = {
+    # smaller than the quick preset where a probe's science is slow: these runs check what the
+    # browser shows and what the controls do, not the science (tests/test_notebooks.py runs the
+    # quick presets themselves)
+    "binding.ipynb": {"n_images": 30, "max_iter": 10, "bootstrap": 20},
+    "curvature.ipynb": {"factor_sequences": 64, "held_out_sequences": 40},
+    "reweave.ipynb": {"lengths": [16, 64], "n_prompts": 8, "fit_steps": 5, "copy_prompts": 8},
+    "vim.ipynb": {"n_images": 4, "n_maps": 2},
+}
+
+
 def _quick_copy(source: Path, target: Path) -> None:
-    """Copy a notebook, with its parameters cell set to the quick preset where it has one."""
+    """Copy a notebook, with its parameters cell set to the quick preset where it has one (and
+    the few smaller settings of ``BROWSER_PARAMS``)."""
     nb = nbformat.read(source, as_version=4)
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []) and re.search(
             r"^preset\s*=", cell.source, re.M
         ):
             cell.source += '\npreset = "quick"'
+            if source.name in BROWSER_PARAMS:
+                cell.source += f"\nparams = {{**params, **{BROWSER_PARAMS[source.name]!r}}}"
     nbformat.write(nb, target)
 
 
@@ -225,6 +239,8 @@ def run_notebook(page, lab: Lab, name: str) -> None:
         f"() => {{ const s = ({NOTEBOOK_STATE})(); return s && s.status === 'idle'; }}",
         timeout=120_000,
     )
+    page.evaluate("window.jupyterapp.commands.execute('filebrowser:activate')")
+    page.locator(".jp-FileBrowser").wait_for(state="visible", timeout=30_000)
     page.locator(".jp-NotebookPanel .jp-Cell").first.click()  # make it the active notebook
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     deadline = time.time() + RUN_TIMEOUT_S
@@ -259,6 +275,52 @@ def assert_figures_drawn(page, name: str) -> None:
     assert drawn and all(drawn), f"{name}: {drawn.count(False)} of {len(drawn)} figures not drawn"
 
 
+OVERFLOW_JS = """() => {
+  const found = [];
+  const outputs = Array.from(document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output'));
+  outputs.forEach((out, k) => {
+    const box = out.getBoundingClientRect();
+    if (box.width === 0) return;
+    const cell = out.closest('.jp-Cell');
+    const prompt = cell && cell.querySelector('.jp-InputPrompt');
+    const where = `output ${k} of cell ${prompt ? prompt.textContent.trim() : '?'}`;
+    if (out.scrollWidth > out.clientWidth + 1)
+      found.push(`${where} scrolls: ${out.scrollWidth} px in ${out.clientWidth} px`);
+    const parts = out.querySelectorAll(
+      '.js-plotly-plot, .main-svg, img, canvas, table, .jupyter-widgets, .widget-box');
+    for (const el of parts) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.right > box.right + 1) {
+        const kind = String(el.className.baseVal ?? el.className).split(' ')[0];
+        const past = Math.round(r.right - box.right);
+        found.push(`${where}: ${el.tagName.toLowerCase()}.${kind} ends ${past} px past the cell`);
+        break;
+      }
+    }
+  });
+  return {found, widths: outputs.map(o => o.clientWidth)};
+}"""
+
+
+def assert_fits_the_cells(page, name: str) -> None:
+    """No output of the notebook runs past its cell: every figure, table, widget and image
+    fits (responsive widths, wrapping tables, legends inside or below)."""
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.wait_for_timeout(500)  # let responsive figures follow the window
+    report = page.evaluate(OVERFLOW_JS)
+    widths = [w for w in report["widths"] if w]
+    assert widths and max(widths) <= 1000, f"{name}: cells are {max(widths)} px wide"
+    assert not report["found"], f"{name}: outputs wider than their cell: {report['found'][:5]}"
+
+
+def screenshot_main_figure(page, name: str, index: int = 0) -> None:
+    """The notebook's main figure, for the record: ``build/browser/NAME-figure.png``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    figure = page.locator(".jp-NotebookPanel .jp-RenderedPlotly").nth(index)
+    figure.scroll_into_view_if_needed()
+    figure.screenshot(path=ARTIFACTS / f"{name}-figure.png")
+
+
 def assert_clean(page, name: str) -> None:
     watch = page.watch
     assert not watch.remote, f"{name}: requests left the machine: {watch.remote[:5]}"
@@ -272,9 +334,33 @@ def screenshot(page, name: str) -> None:
 
 # -- controls: move one, see the figure change -------------------------------------------------
 LEGEND_JS = "el => Array.from(el.querySelectorAll('.legendtext')).map(e => e.textContent)"
+DRAWING_JS = """el => Array.from(el.querySelectorAll('.jp-RenderedPlotly')).map(p => {
+  // a fingerprint of each figure: its PNG snapshot, or its live SVG
+  const img = p.querySelector('img.plot-img');
+  const plot = p.querySelector('.plot-container');
+  const text = img && img.src.startsWith('data:') ? img.src : (plot ? plot.innerHTML : '');
+  let hash = 0;
+  for (let i = 0; i < text.length; i += 3) hash = (hash * 31 + text.charCodeAt(i)) | 0;
+  return text.length ? text.length + ':' + hash : '';
+}).join('|')"""
 
 
-LEGEND_JS = "el => Array.from(el.querySelectorAll('.legendtext')).map(e => e.textContent)"
+def _explorer(page, marker: str):
+    """The last widget box holding ``marker`` (the explorer), scrolled into view."""
+    explorer = page.locator(".widget-vbox").filter(has=page.locator(marker)).last
+    explorer.scroll_into_view_if_needed()
+    handle = explorer.element_handle()
+    page.wait_for_function(f"el => ({DRAWING_JS})(el).length > 0", arg=handle, timeout=30_000)
+    return explorer, handle
+
+
+def _wait_redrawn(page, handle, before: str) -> str:
+    page.wait_for_function(
+        f"([el, old]) => {{ const now = ({DRAWING_JS})(el); return now && now !== old; }}",
+        arg=[handle, before],
+        timeout=60_000,
+    )
+    return handle.evaluate(DRAWING_JS)
 
 
 def change_atlas_explorer(page) -> tuple[list[str], list[str]]:
@@ -326,23 +412,89 @@ def change_binding_explorer(page) -> tuple[str, str]:
     return before, title.inner_text()
 
 
+def change_curvature_explorer(page) -> tuple[str, str]:
+    """Switch from the K-FAC edit to the SVD baseline: the table shows the SVD column."""
+    explorer, handle = _explorer(page, ".widget-toggle-buttons")
+    before = handle.evaluate(DRAWING_JS)
+    explorer.get_by_role("button", name="SVD (energy)").click()
+    after = _wait_redrawn(page, handle, before)
+    explorer.get_by_text("SVD energy=", exact=False).first.wait_for(timeout=30_000)
+    return before, after
+
+
+def change_vim_explorer(page) -> tuple[str, str]:
+    """Rollout greys out the layer slider and the scan buttons, each with a tooltip; on the raw
+    map the scan buttons act; a click on a patch shows what that patch reads."""
+    explorer = page.locator(".widget-vbox").filter(has=page.locator(".wb-patch-picker")).last
+    explorer.scroll_into_view_if_needed()
+    title = explorer.locator(".wb-patch-picker div").first
+    explorer.get_by_role("button", name="rollout").click()
+    page.wait_for_function("el => el.textContent.includes('rollout')", arg=title.element_handle())
+    slider = explorer.locator(".widget-slider").first
+    disabled = "el => el.querySelector('[disabled]') !== null || el.className.includes('disabled')"
+    assert slider.evaluate(disabled), "the layer slider stays live on rollout"
+    tooltip = "el => [el, ...el.querySelectorAll('[title]')].map(e => e.title || '').join(' ')"
+    assert "combines every layer" in slider.evaluate(tooltip), "no tooltip says why"
+    explorer.get_by_role("button", name="raw").click()
+    page.wait_for_function(
+        "el => el.textContent.includes('both scans')", arg=title.element_handle()
+    )
+    before = title.inner_text()
+    explorer.get_by_role("button", name="backward").click()
+    page.wait_for_function(
+        "el => el.textContent.includes('backward scan')", arg=title.element_handle()
+    )
+    canvas = explorer.locator(".wb-patch-picker canvas")
+    box = canvas.bounding_box()
+    assert box and box["width"] > 50, "the patch picker drew no image"
+    canvas.click(position={"x": 0.2 * box["width"], "y": 0.2 * box["height"]})
+    page.wait_for_function(
+        "el => el.textContent.includes('reads in layer')", arg=title.element_handle()
+    )
+    return before, title.inner_text()
+
+
+def change_reweave_explorer(page) -> tuple[str, str]:
+    """Show the mean of the heads: every map is redrawn."""
+    explorer, handle = _explorer(page, ".wb-token-picker")
+    before = handle.evaluate(DRAWING_JS)
+    explorer.locator(".widget-dropdown select").nth(1).select_option(label="mean of heads")
+    return before, _wait_redrawn(page, handle, before)
+
+
 CONTROLS: dict[str, Callable] = {
     "00_tour.ipynb": change_atlas_explorer,
     "atlas.ipynb": change_atlas_explorer,
-    "pmi.ipynb": change_pmi_explorer,
     "binding.ipynb": change_binding_explorer,
+    "curvature.ipynb": change_curvature_explorer,
+    "pmi.ipynb": change_pmi_explorer,
+    "reweave.ipynb": change_reweave_explorer,
+    "vim.ipynb": change_vim_explorer,
 }
+MAIN_FIGURES = {"00_tour.ipynb": (0, 1)}
+"""Which plotly outputs to keep as screenshots (default: the first, the notebook's main one)."""
+
+
+def test_every_notebook_is_in_the_browser_test():
+    assert set(CONTROLS) == {p.name for p in NOTEBOOKS.glob("*.ipynb")} - {"probe.ipynb"}
 
 
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_notebook_runs_in_jupyterlab_with_live_widgets(lab, page, name):
+    started = time.time()
     run_notebook(page, lab, name)
-    screenshot(page, f"{name.removesuffix('.ipynb')}-run")
+    print(f"{name} ran in the browser in {time.time() - started:.0f} s")
+    stem = name.removesuffix(".ipynb")
+    screenshot(page, f"{stem}-run")
     assert_live_widgets(page, name)
     assert_figures_drawn(page, name)
+    assert_fits_the_cells(page, name)
+    for number, index in enumerate(MAIN_FIGURES.get(name, (0,))):
+        screenshot_main_figure(page, stem if number == 0 else f"{stem}-{number}", index)
     before, after = CONTROLS[name](page)
-    screenshot(page, name.removesuffix(".ipynb"))
+    screenshot(page, stem)
     assert before and after and before != after, f"{name}: the figure did not change"
+    assert_fits_the_cells(page, name)  # also after the controls redrew their figures
     assert_clean(page, name)
 
 
@@ -376,6 +528,14 @@ def report_site(tmp_path_factory: pytest.TempPathFactory, scratch_models) -> Ite
 
 def test_report_opens_offline_with_every_figure_drawn(report_site, page):
     page.goto(f"{report_site}/index.html")
+    summary = page.locator("section.probe-card")
+    assert summary.count() == 1  # one probe (atlas), two results
+    assert page.locator("table.overview tr").count() == 2
+    assert page.locator(".tile").count() >= 4  # headline tiles with readable names
+    assert "peak held-out accuracy" in page.locator(".tkey").first.inner_text()
+    screenshot(page, "report")
+    page.locator("nav.pages a", has_text="atlas").click()
+    page.wait_for_url("**/probe-atlas.html")
     cards = page.locator("figure.card")
     n = cards.count()
     assert n == 4  # decodability + PCA maps, for each of the two results
@@ -383,10 +543,12 @@ def test_report_opens_offline_with_every_figure_drawn(report_site, page):
         cards.nth(i).scroll_into_view_if_needed()
         cards.nth(i).locator(".js-plotly-plot").wait_for(timeout=30_000)
     assert page.locator("figure.card .js-plotly-plot").count() == n
+    wide = page.evaluate("() => document.documentElement.scrollWidth")
+    assert wide <= 1400, f"the probe page is {wide} px wide in a 1400-px window"
     links = page.locator("nav.toc a")
-    assert links.count() >= 2
+    assert links.count() == 2
     target = links.last.get_attribute("href")
     links.last.click()
     assert page.evaluate("() => window.location.hash") == target
-    screenshot(page, "report")
+    screenshot(page, "report-atlas")
     assert_clean(page, "report")

@@ -71,7 +71,7 @@ def test_bad_input_fails_before_work_and_writes_nothing(tmp_path, args, message)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_notebook_run_keeps_the_executed_notebook(scratch_models, tmp_path, monkeypatch):
+def test_notebook_run_keeps_the_executed_notebook(scratch_models, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # a relative --out, as `make demo` passes it
     out = tmp_path / "nb"
     result = _run("run", "atlas", "--model", str(scratch_models["bert"]), "--out", "nb", *QUICK)
@@ -81,6 +81,8 @@ def test_notebook_run_keeps_the_executed_notebook(scratch_models, tmp_path, monk
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and str(scratch_models["bert"]) in "".join(injected[0]["source"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nb"]  # no staging folder left
+    # the kernel is reached over local sockets, so it has no unencrypted TCP to warn about
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_failing_notebook_reports_the_cell_error_and_leaves_nothing(scratch_models, tmp_path):
@@ -115,4 +117,5 @@ def test_report_command(scratch_models, tmp_path):
     result = _run("report", str(tmp_path))
     assert result.exit_code == 0, result.output
     index = (tmp_path / "index.html").read_text()
-    assert "decodability" in index and "atlas" in index
+    assert "probe-atlas.html" in index  # the summary links the probe's page
+    assert "decodability" in (tmp_path / "probe-atlas.html").read_text()

@@ -16,7 +16,16 @@ import pytest
 
 from workbench import figures
 from workbench.errors import DataError, WorkbenchError
-from workbench.figures import COLORWAY, PNG_SCALE, TEMPLATE, export_figures, new_figure
+from workbench.figures import (
+    CELL_WIDTH,
+    COLORWAY,
+    DEFAULT_HEIGHT,
+    PNG_SCALE,
+    TEMPLATE,
+    export_figures,
+    fit_cell,
+    new_figure,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REMOTE_SRC = re.compile(r"""src\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
@@ -79,8 +88,11 @@ def test_png_files_are_png_at_the_export_scale(exported: tuple[dict, dict, Path]
     assert data.startswith(PNG_MAGIC)
     width, height = struct.unpack(">II", data[16:24])  # IHDR follows the magic and chunk header
     assert (width, height) == (400 * PNG_SCALE, 300 * PNG_SCALE)
-    for name in ("scatter", "bars"):
-        assert (folder / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+    for name in ("scatter", "bars"):  # no width of their own: drawn as wide as a cell
+        data = (folder / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        width, height = struct.unpack(">II", data[16:24])
+        assert (width, height) == (CELL_WIDTH * PNG_SCALE, DEFAULT_HEIGHT * PNG_SCALE)
 
 
 def test_svg_files_parse_as_svg(exported: tuple[dict, dict, Path]) -> None:
@@ -180,3 +192,54 @@ def test_cli_export_writes_the_asked_figures_and_formats(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["second.json", "second.svg"]
     bad = runner.invoke(app, [*args, "--figure", "third"])
     assert bad.exit_code == 2 and "first, second" in bad.output
+
+
+# -- fitting a notebook cell -------------------------------------------------------------------
+def _wide_figure() -> go.Figure:
+    note = " ".join(f"word{i}" for i in range(80))
+    fig = new_figure(title=f"A title<br><sup>{note}</sup>", width=1400, height=400)
+    for k in range(3):
+        fig.add_scatter(x=[0, 1], y=[k, k], name=f"a rather long series name number {k}")
+    fig.update_layout(legend={"x": 1.02, "xanchor": "left"})
+    return fig
+
+
+def test_fit_cell_makes_a_wide_figure_fill_the_cell_instead() -> None:
+    fig = fit_cell(_wide_figure())
+    assert fig.layout.width is None  # responsive: fills its cell, never runs past it
+    lines = fig.layout.title.text.split("<br>")
+    assert lines[0] == "A title" and len(lines) >= 3  # the note wrapped onto several lines
+    assert all(len(line) < 160 for line in lines)
+    assert fig.layout.margin.t >= 24 + 20 * (len(lines) - 1)  # room for it above the plot
+    legend = fig.layout.legend
+    assert (legend.orientation, legend.yref, legend.y) == ("h", "container", 0)  # below
+    assert fig.layout.height > 400  # the plot keeps its height; title and legend add to it
+    again = fit_cell(go.Figure(fig))
+    assert json.loads(again.to_json()) == json.loads(fig.to_json())  # twice: nothing more
+
+
+def test_fit_cell_keeps_narrow_figures_and_legends_inside() -> None:
+    fig = new_figure(title="short", width=500, height=300, legend={"x": 0.02, "y": 0.98})
+    fig.add_scatter(x=[0], y=[0], name="a")
+    fig.add_scatter(x=[0], y=[1], name="b")
+    fitted = fit_cell(go.Figure(fig))
+    assert fitted.layout.width == 500
+    assert fitted.layout.height - fitted.layout.margin.t == 300 - 64  # the plot keeps its size
+    assert (fitted.layout.legend.x, fitted.layout.legend.y) == (0.02, 0.98)
+
+
+def test_every_probe_figure_is_fitted_by_the_run_frame(scratch_models) -> None:
+    from workbench.models import load_model
+    from workbench.probe import Findings, ProbeConfig, run_frame
+
+    def wide(_result) -> dict[str, go.Figure]:
+        fig = new_figure(title="wide", width=1500)
+        for k in range(2):
+            fig.add_scatter(x=[0, 1], y=[k, k], name=f"series {k}")
+        return {"wide": fig}
+
+    run = run_frame(name="toy", config=ProbeConfig, families=("encoder",), figures=wide)(
+        lambda m, c, d: Findings({"v": 1.0}, {})
+    )
+    fig = run(load_model(scratch_models["bert"])).figures["wide"]
+    assert fig.layout.width is None and fig.layout.legend.yref == "container"

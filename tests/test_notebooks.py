@@ -32,8 +32,9 @@ def _errors(notebook: Path) -> list[str]:
 
 def test_every_probe_has_a_notebook_and_every_notebook_is_tested():
     notebooks = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
-    # probe.ipynb serves probes without a notebook of their own (test_probe_contract runs it)
-    assert notebooks == {"00_tour", "probe", *probe_names()}
+    # probe.ipynb serves probes without a notebook of their own (test_probe_contract runs it);
+    # compare.ipynb compares saved runs (test_compare runs it)
+    assert notebooks == {"00_tour", "probe", "compare", *probe_names()}
 
 
 @pytest.mark.parametrize("probe", probe_names())

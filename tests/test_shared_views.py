@@ -24,6 +24,29 @@ def test_token_heatmap_keeps_repeated_tokens_apart():
         token_heatmap(values.T, ["a", "b", "c"], ["x", "y", "z"])
 
 
+def test_token_heatmap_scale_starts_at_zero_when_asked():
+    near_uniform = np.full((3, 3), 1 / 3) + np.array([[0.01, -0.01, 0.0]] * 3)
+    heat = token_heatmap(near_uniform, list("abc"), list("xyz"), zmin=0.0).data[0]
+    # plotly ignores a lone zmin: the other bound is filled in so the scale really starts at 0
+    assert heat.zmin == 0.0 and heat.zmax == pytest.approx(near_uniform.max())
+    wide = token_heatmap(np.zeros((2, 90)), ["a", "b"], [f"t{i}" for i in range(90)])
+    assert wide.layout.width is None  # too wide for a cell: it fills the cell instead
+
+
+def test_image_overlay_names_categories_on_a_stepped_scale():
+    classes = np.array([[0, 1], [2, 1]])
+    fig = image_overlay(
+        np.zeros((16, 16, 3), np.uint8), classes, 8, categories=["background", "circle", "ring"]
+    )
+    heat = fig.data[1]
+    assert list(heat.colorbar.ticktext) == ["background", "circle", "ring"]
+    assert list(heat.colorbar.tickvals) == [0, 1, 2]
+    assert (heat.zmin, heat.zmax) == (-0.5, 2.5)  # each class owns one flat colour step
+    assert heat.text[1][0] == "ring"  # hovering a patch names its class
+    with pytest.raises(DataError, match="whole numbers"):
+        image_overlay(np.zeros((16, 16, 3), np.uint8), classes + 0.5, 8, categories=["a", "b"])
+
+
 def test_image_overlay_puts_each_score_on_its_patch():
     image = np.zeros((32, 48, 3), np.uint8)
     scores = np.arange(24.0)

@@ -12,11 +12,13 @@ from workbench.errors import (
 )
 from workbench.models import LoadedModel, load_model
 from workbench.results import ProbeResult
+from workbench.store import ActivationStore, build_store, open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache",
+    "ActivationStore",
     "DataError",
     "FamilyError",
     "LoadedModel",
@@ -25,9 +27,11 @@ __all__ = [
     "ProbeResult",
     "SiteError",
     "WorkbenchError",
+    "build_store",
     "capture",
     "edited",
     "edited_copy",
     "hooks",
     "load_model",
+    "open_store",
 ]

@@ -3,7 +3,9 @@
 ``hooks`` is the one way to touch a running model: it attaches functions to named sites and
 removes every hook on exit, also when the forward raises. ``capture`` is built on it and
 copies each site's value batch by batch into preallocated CPU buffers, which live on disk
-(memory-mapped ``.npy`` files) when they would not fit the memory budget.
+(memory-mapped ``.npy`` files) when they would not fit the memory budget. Both work the same on
+a model split across devices or partly offloaded by accelerate: a site's value is wherever its
+block ran, and copies from an accelerator go through page-locked memory without blocking.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from workbench.devices import host_buffer, release_offloaded, synchronize
 from workbench.errors import DataError
 from workbench.models.loaded import LoadedModel
+from workbench.staging import sweep_stale, temp_dir, temp_prefix
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor | None]
 Inputs = Mapping[str, torch.Tensor] | np.ndarray | torch.Tensor | Sequence[str]
@@ -55,6 +59,9 @@ def hooks(model: LoadedModel, fns: Mapping[str, SiteFn]) -> Iterator[None]:
                     module.register_forward_pre_hook(_input_hook(site, fn), with_kwargs=True)
                 )
         yield
+    except BaseException:
+        release_offloaded(model.model)  # a forward that raised midway left weights moved in
+        raise
     finally:
         for handle in handles:
             handle.remove()
@@ -92,17 +99,19 @@ def _use_eager_attention(model: LoadedModel) -> Callable[[], None] | None:
     previous = getattr(config, "_attn_implementation", None)
     if config is None or previous in (None, "eager") or model.backend != "hf":
         return None
-    model.model.set_attn_implementation("eager")
-    return lambda: model.model.set_attn_implementation(previous)
+    hf_model: Any = model.model  # a transformers PreTrainedModel
+    hf_model.set_attn_implementation("eager")
+    return lambda: hf_model.set_attn_implementation(previous)
 
 
 # -- capture -----------------------------------------------------------------------------------
 @dataclass(eq=False)
 class ActivationCache(Mapping[str, torch.Tensor]):
-    """Captured activations by site name, each a CPU tensor with the inputs on dim 0.
+    """Captured activations by site name, each a tensor with the inputs on dim 0.
 
-    ``attention_mask`` (text models) marks real tokens; ``spill_dir`` is set when the tensors
-    are memory-mapped files rather than RAM.
+    On the CPU unless captured with ``keep_on_device``. ``attention_mask`` (text models) marks
+    real tokens; ``spill_dir`` is set when some tensors are memory-mapped files rather than RAM
+    (bfloat16 ones hold their raw 16-bit patterns there: numpy has no bfloat16).
     """
 
     activations: dict[str, torch.Tensor]
@@ -133,7 +142,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             self._cleanup()
 
     def __repr__(self) -> str:
-        where = f"memory-mapped in {self.spill_dir}" if self.spill_dir else "in RAM"
+        where = f"memory-mapped in {self.spill_dir}" if self.spill_dir else "in memory"
         lines = [f"ActivationCache({len(self)} sites, {self.nbytes / 2**20:.1f} MiB {where})"]
         for name, t in self.activations.items():
             lines.append(f"  {name:<28} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}")
@@ -171,15 +180,22 @@ def capture(
     batch_size: int = 8,
     memory_budget: int = 2 * 2**30,
     spill_dir: str | Path | None = None,
-    dtype: torch.dtype | None = torch.float32,
+    dtype: torch.dtype | None = None,
+    keep_on_device: bool = False,
     check_finite: bool = True,
     progress: bool = True,
 ) -> ActivationCache:
     """Run ``inputs`` through ``model`` in batches and keep every named site's value.
 
+    Values keep the model's own dtype (bfloat16 for a bfloat16 load) unless ``dtype`` asks for
+    another: a probe that needs more precision passes ``dtype=torch.float32``. They come back to
+    the CPU, or stay on the device that computed them with ``keep_on_device``.
+
     Buffers are allocated once from the first batch's shapes. When all of them together would
-    exceed ``memory_budget`` bytes they are memory-mapped ``.npy`` files in ``spill_dir`` (a
-    temporary folder by default, deleted with the cache).
+    exceed ``memory_budget`` bytes (of RAM, or of device memory with ``keep_on_device``) the rest
+    are memory-mapped ``.npy`` files in ``spill_dir`` (a temporary folder by default, deleted
+    with the cache). A capture that fails removes the files it spilled, also from a
+    ``spill_dir`` you gave.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -191,7 +207,7 @@ def capture(
     batch = encode_inputs(model, inputs)
     n = next(iter(batch.values())).shape[0]
 
-    store = _Store(n, memory_budget, spill_dir, dtype, check_finite)
+    store = _Store(n, memory_budget, spill_dir, dtype, check_finite, keep_on_device)
     bar = tqdm(total=n, desc=f"capture {len(sites)} sites", unit="input", disable=not progress)
     try:
         with hooks(model, {name: store.recorder(name) for name in sites}), bar:
@@ -199,14 +215,13 @@ def capture(
                 stop = min(start + batch_size, n)
                 store.window = (start, stop)
                 model(**{k: v[start:stop] for k, v in batch.items()})
+                store.end_batch()
                 missing = [name for name in sites if name not in store.buffers]
                 if missing:
                     raise DataError(f"sites {missing} were not reached by the forward pass")
                 bar.update(stop - start)
     except BaseException:
-        store.buffers.clear()
-        if store.owns_spill_dir and store.spill_dir is not None:
-            shutil.rmtree(store.spill_dir, ignore_errors=True)
+        store.discard()
         raise
     cache = ActivationCache(
         {name: store.buffers[name] for name in sites},
@@ -221,8 +236,9 @@ def capture(
 class _Store:
     """Full-size buffers, each allocated when its site is first seen.
 
-    Sites are placed in RAM until the running total would pass the memory budget; the rest
-    become memory-mapped ``.npy`` files. Each value is copied exactly once.
+    Sites are placed in memory until the running total would pass the memory budget; the rest
+    become memory-mapped ``.npy`` files. Each value is copied exactly once; copies from an
+    accelerator into page-locked buffers do not block, and ``end_batch`` waits for them.
     """
 
     def __init__(
@@ -232,30 +248,59 @@ class _Store:
         spill_dir: str | Path | None,
         dtype: torch.dtype | None,
         check_finite: bool,
+        keep_on_device: bool = False,
     ) -> None:
         self.n = n
         self.budget_left = memory_budget
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self.owns_spill_dir = spill_dir is None
+        self.created_spill_dir = False
+        self.spilled: list[Path] = []
         self.dtype = dtype
         self.check_finite = check_finite
+        self.keep_on_device = keep_on_device
         self.buffers: dict[str, torch.Tensor] = {}
         self.window = (0, 0)
+        self.finite: list[tuple[str, torch.Tensor]] = []
+        self.sources: set[torch.device] = set()
 
     def recorder(self, name: str) -> SiteFn:
         def record(value: torch.Tensor) -> None:
-            start, stop = self.window
             buf = self.buffers.get(name)
             if buf is None:
                 buf = self.buffers[name] = self._allocate(name, value)
-            buf[start:stop].copy_(value.detach())
-            if self.check_finite and value.is_floating_point() and not torch.isfinite(value.sum()):
+            start, stop = self.window
+            buf[start:stop].copy_(value.detach(), non_blocking=buf.is_pinned())
+            self.sources.add(value.device)
+            if self.check_finite and value.is_floating_point():
+                self.finite.append((name, torch.isfinite(value.detach().sum())))
+
+        return record
+
+    def end_batch(self) -> None:
+        """Wait for this batch's copies; refuse NaN or inf, naming the site and the inputs."""
+        synchronize(self.sources)
+        checks, self.finite = self.finite, []
+        for name, finite in checks:
+            if not bool(finite):
+                start, stop = self.window
                 raise DataError(
                     f"activations at {name} contain NaN or inf for inputs {start}..{stop - 1}; "
                     "check those inputs and the model's dtype (fp16 overflows easily on CPU)"
                 )
 
-        return record
+    def discard(self) -> None:
+        """Drop every buffer and delete every file this capture spilled (after a failure)."""
+        self.buffers.clear()
+        if self.spill_dir is None:
+            return
+        if self.owns_spill_dir:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            return
+        for path in self.spilled:
+            path.unlink(missing_ok=True)
+        if self.created_spill_dir:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
 
     def _allocate(self, name: str, value: torch.Tensor) -> torch.Tensor:
         dtype = self.dtype or value.dtype
@@ -263,12 +308,18 @@ class _Store:
         nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
         if nbytes <= self.budget_left:
             self.budget_left -= nbytes
-            return torch.empty(shape, dtype=dtype)
+            if self.keep_on_device:
+                return torch.empty(shape, dtype=dtype, device=value.device)
+            return host_buffer(shape, dtype, value.device)
         if self.spill_dir is None:
-            self.spill_dir = Path(tempfile.mkdtemp(prefix="wb-capture-"))
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        arr = np.lib.format.open_memmap(
-            self.spill_dir / f"{name}.npy", mode="w+", dtype=np_dtype, shape=shape
-        )
-        return torch.from_numpy(arr)
+            sweep_stale(temp_dir())  # spill folders of killed captures
+            self.spill_dir = Path(tempfile.mkdtemp(prefix=temp_prefix("capture")))
+        elif not self.spill_dir.is_dir():
+            self.spill_dir.mkdir(parents=True)
+            self.created_spill_dir = True
+        raw = torch.int16 if dtype == torch.bfloat16 else dtype  # same bytes, a numpy dtype
+        np_dtype = torch.empty(0, dtype=raw).numpy().dtype
+        path = self.spill_dir / f"{name}.npy"
+        self.spilled.append(path)
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+        return torch.from_numpy(arr).view(dtype)

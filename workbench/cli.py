@@ -1,15 +1,22 @@
-"""The ``workbench`` command: list, run, demo, report, export, compare, zoo."""
+"""The ``workbench`` command: list, run, demo, sweep, report, export, compare, zoo, store.
+
+Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
+a traceback.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, one_line
 
 app = typer.Typer(
     help="Interpretability workbench: run probes headlessly and build reports.",
@@ -19,18 +26,31 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+store_app = typer.Typer(help="Activation stores: extract once, probe many.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 
-def _fail(err: WorkbenchError) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+def _describe(err: Exception) -> str:
+    """One line for a WorkbenchError, or for an OSError (a full disk, a vanished folder)."""
+    if isinstance(err, OSError):
+        return f"{one_line(err)} (check the path, its permissions and the free disk space)"
+    return " ".join(str(err).split())
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except (WorkbenchError, OSError) as err:
+        typer.secho(f"error: {_describe(err)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("list")
 def list_cmd() -> None:
     """Probes (with accepted families, presets, default models) and zoo models."""
     from workbench.probe import get_probe, presets_of, probe_names
-    from workbench.zoo import list_zoo, zoo_path
+    from workbench.zoo import list_zoo, zoo_state
 
     typer.echo("probes:")
     for name in probe_names():
@@ -46,11 +66,7 @@ def list_cmd() -> None:
     entries = list_zoo()
     width = max(len(e.name) for e in entries)
     for entry in entries:
-        try:
-            zoo_path(entry.name)
-            state = "ready"
-        except WorkbenchError:
-            state = "not built"
+        state = zoo_state(entry.name)
         typer.echo(f"  {entry.name:<{width}} {entry.family:<10} {state:<10} {entry.description}")
 
 
@@ -63,12 +79,27 @@ def run(
     preset: Annotated[str | None, typer.Option(help="named preset of the probe")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
     notebook: Annotated[bool, typer.Option(help="run notebooks/PROBE.ipynb via papermill")] = True,
+    device: Annotated[
+        str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N or mps")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto (default), float32, bfloat16 or float16")
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(help='auto, or JSON {"module": device|"cpu"|"disk"}: split and offload'),
+    ] = None,
+    max_memory: Annotated[
+        list[str] | None,
+        typer.Option(help="with --device-map: room per device, e.g. cpu=8GiB or 0=20GiB"),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="hf (default) or transformer-lens")] = None,
 ) -> None:
     """Run one probe headlessly and write result.json, figures and the executed notebook."""
     from workbench.probe import parse_params
     from workbench.runner import execute, plan_run
 
-    try:
+    with _one_line_errors():
         plan = plan_run(
             probe,
             model,
@@ -76,12 +107,44 @@ def run(
             params=parse_params(param or []),
             preset=preset,
             overwrite=overwrite,
+            load={
+                "device": device,
+                "dtype": dtype,
+                "device_map": _parse_device_map(device_map),
+                "max_memory": _parse_sizes(max_memory),
+                "backend": backend,
+            },
         )
         started = time.time()
         folder = execute(plan, notebook=notebook)
-    except WorkbenchError as err:
-        _fail(err)
     typer.echo(f"{probe} on {plan.model}: {folder} ({time.time() - started:.0f} s)")
+
+
+def _parse_device_map(value: str | None) -> str | dict | None:
+    """``auto`` as it is; a JSON object into a dict."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError as err:
+        raise WorkbenchError(
+            f"--device-map {value!r} is not a JSON object ({one_line(err)}); give auto or "
+            '\'{"transformer.h.0": "cpu", "transformer.h.1": "disk", ...}\''
+        ) from None
+    return parsed
+
+
+def _parse_sizes(values: list[str] | None) -> dict[str, str] | None:
+    """``["cpu=8GiB", "0=20GiB"]`` -> ``{"cpu": "8GiB", "0": "20GiB"}``."""
+    if not values:
+        return None
+    sizes = {}
+    for item in values:
+        where, sep, size = item.partition("=")
+        if not sep or not where.strip() or not size.strip():
+            raise WorkbenchError(f"--max-memory {item!r} must be DEVICE=SIZE, e.g. cpu=8GiB")
+        sizes[where.strip()] = size.strip()
+    return sizes
 
 
 @app.command()
@@ -89,32 +152,65 @@ def demo(
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results"),
     probe: Annotated[list[str] | None, typer.Option(help="only these probes")] = None,
     notebook: Annotated[bool, typer.Option(help="run each probe's notebook")] = True,
+    workers: Annotated[
+        int | None, typer.Option(help="runs at once (default: one per core)", min=1)
+    ] = None,
 ) -> None:
-    """Every probe on each of its embedded default models, then the report (replaces old runs)."""
+    """Every probe on each of its embedded default models, in parallel, then the report
+    (replaces old runs)."""
     from workbench.probe import get_probe, probe_names
     from workbench.report import build_report
-    from workbench.runner import execute, plan_run, result_folder_name
+    from workbench.runner import result_folder_name
+    from workbench.sweep import Point, Sweep, run_sweep, summary_table
 
-    failures = []
-    try:
-        for name in probe or probe_names():
-            for spec in get_probe(name).DEFAULT_MODELS:
-                folder = out / result_folder_name(name, spec)
-                started = time.time()
-                typer.echo(f"== {name} on {spec} -> {folder}")
-                try:
-                    execute(plan_run(name, spec, out=folder, overwrite=True), notebook=notebook)
-                except WorkbenchError as err:
-                    failures.append(f"{name} on {spec}: {err}")
-                    typer.secho(f"   failed: {err}", fg=typer.colors.RED, err=True)
-                    continue
-                typer.echo(f"   done in {time.time() - started:.0f} s")
+    with _one_line_errors():
+        points = tuple(
+            Point(name, spec, name=result_folder_name(name, spec))
+            for name in probe or probe_names()
+            for spec in get_probe(name).DEFAULT_MODELS
+        )
+        started = time.time()
+        record = run_sweep(Sweep(points, notebook=notebook), out, workers=workers, rerun=True)
+        typer.echo(summary_table(record))
+        typer.echo(f"{len(points)} runs in {time.time() - started:.0f} s")
         index = build_report(out)
-    except WorkbenchError as err:
-        _fail(err)
     typer.echo(f"report: {index}")
-    if failures:
-        typer.secho(f"{len(failures)} run(s) failed", fg=typer.colors.RED, err=True)
+    failed = [p for p in record.points if p.state == "failed"]
+    if failed:
+        typer.secho(f"{len(failed)} run(s) failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="the sweep's YAML file")],
+    out: Annotated[Path, typer.Option(help="folder for the sweep: one run folder per point")],
+    executor: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (with --executor ray)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="local pool: runs at once (default: one per core)", min=1)
+    ] = None,
+    rerun: Annotated[bool, typer.Option(help="run finished points again")] = False,
+) -> None:
+    """Run a grid or list of runs from SWEEP_FILE; finished points are skipped, failed ones
+    retried once; writes OUT/sweep.json and prints a summary."""
+    from workbench.sweep import counts, load_sweep, run_sweep, summary_table
+
+    with _one_line_errors():
+        record = run_sweep(
+            load_sweep(sweep_file),
+            out,
+            executor=executor,
+            address=address,
+            workers=workers,
+            rerun=rerun,
+        )
+    typer.echo(summary_table(record))
+    tally = ", ".join(f"{n} {state}" for state, n in counts(record).items())
+    typer.echo(f"{len(record.points)} points: {tally}; {out / 'sweep.json'}")
+    if "failed" in counts(record):
         raise typer.Exit(1)
 
 
@@ -123,14 +219,22 @@ def report(
     results: Annotated[Path, typer.Argument(help="folder holding result folders")] = Path(
         "results"
     ),
+    open_: Annotated[
+        bool, typer.Option("--open", help="open the report's summary page in a browser")
+    ] = False,
 ) -> None:
-    """Build an offline index.html gallery of every result under RESULTS."""
+    """Build an offline report of every result under RESULTS: index.html (a summary) and one
+    page per probe."""
     from workbench.report import build_report
 
-    try:
-        typer.echo(build_report(results))
-    except WorkbenchError as err:
-        _fail(err)
+    with _one_line_errors():
+        index = build_report(results)
+    typer.echo(index)
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(index.resolve().as_uri()):
+            typer.echo("no browser could be started; open the path above yourself", err=True)
 
 
 @app.command()
@@ -146,7 +250,7 @@ def export(
     from workbench.figures import DEFAULT_FORMATS, export_figures
     from workbench.results import ProbeResult
 
-    try:
+    with _one_line_errors():
         loaded = ProbeResult.load(result)
         names = figure or list(loaded.figures)
         unknown = [n for n in names if n not in loaded.figures]
@@ -157,8 +261,6 @@ def export(
         written = export_figures(
             {n: loaded.figures[n] for n in names}, out, tuple(fmt or DEFAULT_FORMATS)
         )
-    except WorkbenchError as err:
-        _fail(err)
     for paths in written.values():
         for path in paths:
             if path.suffix != ".json":
@@ -167,8 +269,11 @@ def export(
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="result folders of one probe")],
+    runs: Annotated[list[Path], typer.Argument(help="result folders or sweep folders")],
     out: Annotated[Path, typer.Option(help="folder to write the comparison figures into")],
+    probe: Annotated[
+        str | None, typer.Option(help="only this probe's runs (for sweeps over several)")
+    ] = None,
     fmt: Annotated[
         list[str] | None, typer.Option("--format", help="html, png, svg or pdf (repeatable)")
     ] = None,
@@ -177,11 +282,9 @@ def compare(
     from workbench.compare import compare_figures, load_runs
     from workbench.figures import DEFAULT_FORMATS, export_figures
 
-    try:
-        figures = compare_figures(load_runs(runs))
+    with _one_line_errors():
+        figures = compare_figures(load_runs(runs, probe))
         written = export_figures(figures, out, tuple(fmt or DEFAULT_FORMATS))
-    except WorkbenchError as err:
-        _fail(err)
     for paths in written.values():
         for path in paths:
             if path.suffix != ".json":
@@ -191,13 +294,15 @@ def compare(
 @zoo_app.command("list")
 def zoo_list() -> None:
     """Embedded models, their family, and whether they are built."""
-    from workbench.zoo import list_zoo, zoo_path
+    from workbench.zoo import ZooChecksumError, list_zoo, zoo_path
 
     entries = list_zoo()
     width = max(len(e.name) for e in entries)
     for entry in entries:
         try:
             where = str(zoo_path(entry.name))
+        except ZooChecksumError:
+            where = f"corrupt (rebuild: workbench zoo build {entry.name})"
         except WorkbenchError:
             where = f"not built (workbench zoo build {entry.name})"
         typer.echo(f"{entry.name:<{width}} {entry.family:<10} seed {entry.seed:<4} {where}")
@@ -211,12 +316,75 @@ def zoo_build(
     """Rebuild a zoo model from its recipe and seed."""
     from workbench.zoo import build
 
-    try:
+    with _one_line_errors():
         metrics = build(name, out)
-    except WorkbenchError as err:
-        _fail(err)
     for key, value in metrics.items():
         typer.echo(f"  {key}: {value}")
+
+
+@store_app.command("build")
+def store_build(
+    model: Annotated[str, typer.Option(help="hub id, local folder or zoo:NAME")],
+    out: Annotated[Path, typer.Option(help="the store folder (created, resumed or appended to)")],
+    sites: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated site names, kinds (resid_post = every block's) or patterns "
+            "(blocks.*.attn.W_Q.input)"
+        ),
+    ] = "blocks.0.resid_pre,resid_post",
+    data: Annotated[str, typer.Option(help="scenes, imagefolder, ade20k or coco")] = "scenes",
+    data_path: Annotated[str, typer.Option(help="your data folder (not for scenes)")] = "",
+    annotations: Annotated[str, typer.Option(help="COCO: the instances_*.json file")] = "",
+    split: Annotated[str, typer.Option(help="ADE20K: training or validation")] = "validation",
+    n: Annotated[int, typer.Option(help="images to store (the first n)")] = 160,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic scenes")] = 0,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+) -> None:
+    """Run a vision model over a dataset once and keep chosen sites on disk (resumable)."""
+    import torch
+
+    from workbench.data.images import describe_images, load_images
+    from workbench.models import load_model
+    from workbench.store import build_store, resolve_sites
+
+    with _one_line_errors():
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise WorkbenchError(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
+        if n < 1 or batch_size < 1:
+            raise WorkbenchError("--n and --batch-size must be at least 1")
+        lm = load_model(model)
+        names = resolve_sites(lm, sites)
+        images = load_images(
+            lm, data, path=data_path, annotations=annotations, split=split, n=n, seed=seed
+        )
+        name, preprocessing = describe_images(
+            lm, data, path=data_path, annotations=annotations, seed=seed
+        )
+        store = build_store(
+            lm,
+            images.images,
+            names,
+            out,
+            dataset=name,
+            preprocessing=preprocessing,
+            batch_size=batch_size,
+            dtype=getattr(torch, dtype),
+        )
+    what = "reused as it was" if store.reused else f"{store.computed_rows} rows computed"
+    typer.echo(f"{out}: {store.n_rows} rows x {len(store.sites)} sites ({what})")
+
+
+@store_app.command("info")
+def store_info(
+    folder: Annotated[Path, typer.Argument(help="a store folder")],
+) -> None:
+    """What a store holds: model, dataset, token layout, preprocessing, sites and shapes."""
+    from workbench.store import open_store
+
+    with _one_line_errors():
+        typer.echo(open_store(folder).describe())
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m workbench.cli`

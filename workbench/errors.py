@@ -33,5 +33,15 @@ class ConfigError(WorkbenchError):
     """A probe setting of the wrong type or out of range (raised when the Config is built)."""
 
 
+class DeviceError(WorkbenchError):
+    """A device, dtype or placement that this machine or this model cannot take."""
+
+
 class ResourceError(WorkbenchError):
     """A run ran out of memory or another resource; the message says what to lower."""
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an underlying error, to quote inside a one-line WorkbenchError."""
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__

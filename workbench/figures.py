@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import plotly.io as pio
 from choreographer.errors import BrowserFailedError, ChromeNotFoundError
 
 from workbench.errors import DataError, WorkbenchError
+from workbench.staging import sibling_name, sweep_stale
 
 TEMPLATE = "workbench"
 """Name of the registered template; pass ``template=TEMPLATE`` to plotly express calls."""
@@ -35,6 +37,11 @@ DEFAULT_FORMATS = ("html", "png", "svg")
 
 PNG_SCALE = 2
 """PNG pixels per layout pixel: sharp on high-density screens and in printed reports."""
+
+CELL_WIDTH = 960
+"""The widest a figure may be drawn: the output area of a JupyterLab notebook cell in a 1400-px
+window with the file browser open. A figure with no fixed width fills whatever holds it; static
+exports of such a figure are drawn this wide."""
 
 # Okabe-Ito (colour-blind safe) first, then four distinct extras for up to ten classes.
 COLORWAY = (
@@ -69,7 +76,8 @@ BROWSER_PATHS = (
     "/Applications/Chromium.app/Contents/MacOS/Chromium",
 )
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+FIGURE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""What a figure name may be: it becomes a file name."""
 
 
 # -- the look ----------------------------------------------------------------------------------
@@ -121,6 +129,134 @@ def new_figure(**layout: Any) -> go.Figure:
     return fig
 
 
+# -- fitting a notebook cell -------------------------------------------------------------------
+DEFAULT_HEIGHT = 450
+"""plotly.js's height for a figure that sets none."""
+_MAIN_CHAR_PX = 9.0  # mean width of a title character at the template's 16 px
+_NOTE_CHAR_PX = 6.4  # and of a <sup> note character (70% of that size)
+_TITLE_PAD = 20
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_LEGENDLESS = ("heatmap", "image", "table", "contour", "histogram2d", "surface")
+
+
+def cell_width(preferred: float) -> int | None:
+    """``preferred`` if a figure that wide fits a notebook cell, else None: the figure then fills
+    its cell (plotly's responsive width) instead of running past the cell's edge."""
+    return int(preferred) if preferred <= CELL_WIDTH else None
+
+
+def fit_cell(fig: go.Figure) -> go.Figure:
+    """Make ``fig`` fit a notebook cell, in place, and return it.
+
+    No fixed width wider than ``CELL_WIDTH`` (such a figure fills its cell instead); the title's
+    notes are wrapped to the width, with room made above the plot; a legend that would sit right
+    of the plot goes below it, where long names cannot squeeze the plot. A legend placed inside
+    the plot stays. Fitting twice changes nothing more.
+    """
+    if fig.layout.width is not None and fig.layout.width > CELL_WIDTH:
+        fig.layout.width = None
+    _fit_title(fig)
+    _legend_below(fig)
+    return fig
+
+
+def _margin(fig: go.Figure, side: str) -> float:
+    value = getattr(fig.layout.margin, side)
+    if value is None:
+        value = getattr(pio.templates[TEMPLATE].layout.margin, side)
+    return float(value or 0)
+
+
+def _height(fig: go.Figure) -> float:
+    return float(fig.layout.height or DEFAULT_HEIGHT)
+
+
+def _title_parts(text: str) -> tuple[str, list[str]]:
+    """The title's main text, and its ``<sup>`` notes (one per ``<sup>`` element; breaks inside
+    one note were made for some fixed width, so they are dropped and the note is re-wrapped)."""
+    main: list[str] = []
+    notes: list[str] = []
+    inside = False
+    for piece in _BREAK.split(text):
+        opens = "<sup>" in piece
+        if opens:
+            notes.append("")
+        target_is_note = inside or opens
+        inside = (inside or opens) and "</sup>" not in piece
+        clean = piece.replace("<sup>", "").replace("</sup>", "").strip()
+        if target_is_note:
+            notes[-1] = f"{notes[-1]} {clean}".strip()
+        elif clean:
+            main.append(clean)
+    return " ".join(main), [n for n in notes if n]
+
+
+def _fit_title(fig: go.Figure) -> None:
+    text = fig.layout.title.text
+    if not text:
+        return
+    room = (fig.layout.width or CELL_WIDTH) - _margin(fig, "l") - 16
+    main, notes = _title_parts(text)
+    main_lines = textwrap.wrap(main, max(30, int(room / _MAIN_CHAR_PX))) or [""]
+    note_lines = [
+        line for note in notes for line in textwrap.wrap(note, max(40, int(room / _NOTE_CHAR_PX)))
+    ]
+    subplot_titles = any(
+        a.yref == "paper" and a.y is not None and a.y >= 1 for a in fig.layout.annotations
+    )
+    top = _TITLE_PAD + 24 * len(main_lines) + 20 * len(note_lines) + (30 if subplot_titles else 12)
+    grow = top - _margin(fig, "t")
+    fig.update_layout(
+        title={
+            "text": "<br>".join([*main_lines, *(f"<sup>{line}</sup>" for line in note_lines)]),
+            "y": 1.0,
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"t": _TITLE_PAD},
+        },
+    )
+    if grow:  # the plot keeps its height; the margin above it holds the title exactly
+        fig.update_layout(margin_t=top, height=_height(fig) + grow)
+
+
+def _legend_entries(fig: go.Figure) -> list[str]:
+    """Names the legend shows (plotly shows a legend for two or more traces, or when asked)."""
+    if fig.layout.showlegend is False:
+        return []
+    traces = [t for t in fig.data if t.type not in _LEGENDLESS]
+    if len(traces) < 2 and fig.layout.showlegend is not True:
+        return []
+    return [str(t.name or "") for t in traces if t.showlegend is not False and t.name]
+
+
+def _legend_below(fig: go.Figure) -> None:
+    legend = fig.layout.legend
+    if legend.yref == "container":  # already placed below (or deliberately in the margin)
+        return
+    inside = all(v is not None and 0 <= v <= 1 for v in (legend.x, legend.y))
+    names = _legend_entries(fig)
+    if inside or not names:
+        return
+    width = (fig.layout.width or CELL_WIDTH) - 40
+    rows, used = 1, 0.0
+    for name in names:
+        item = 46 + 7.2 * len(_BREAK.sub(" ", name))
+        if used and used + item > width:
+            rows, used = rows + 1, 0.0
+        used += item
+    fig.update_layout(
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 0,
+            "yanchor": "bottom",
+            "x": 0,
+            "xanchor": "left",
+        },
+        height=_height(fig) + 24 * rows + 12,
+    )
+
+
 # -- shared figure builders -------------------------------------------------------------------
 def token_heatmap(
     values: np.ndarray,
@@ -138,7 +274,9 @@ def token_heatmap(
     """A (rows x cols) heatmap over token (or slot) labels, e.g. attention query x key.
 
     Axes are integer positions with the labels as tick text, so repeated tokens (two "the")
-    stay separate cells instead of being merged the way categorical axes would merge them.
+    stay separate cells instead of being merged the way categorical axes would merge them. Give
+    ``zmin=0`` for a distribution (attention, shares): the other end then comes from the data,
+    so the colour scale starts at 0 rather than stretching a near-uniform map to full contrast.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 2 or values.shape != (len(row_labels), len(col_labels)):
@@ -146,6 +284,12 @@ def token_heatmap(
             f"heatmap values have shape {values.shape} but there are {len(row_labels)} row and "
             f"{len(col_labels)} column labels"
         )
+    finite = values[np.isfinite(values)]
+    if (zmin is None) != (zmax is None) and finite.size:  # plotly ignores a lone bound
+        zmin = float(finite.min()) if zmin is None else zmin
+        zmax = float(finite.max()) if zmax is None else zmax
+        if zmax <= zmin:
+            zmax = zmin + 1.0
     rows = [f"{i}: {t}" for i, t in enumerate(row_labels)]
     cols = [f"{j}: {t}" for j, t in enumerate(col_labels)]
     hover = np.array([[f"{r} → {c}" for c in cols] for r in rows])
@@ -186,7 +330,7 @@ def token_heatmap(
     )
     cell = 22 if size <= 30 else 14
     fig.update_layout(
-        width=min(1400, 220 + cell * len(cols)), height=min(1400, 160 + cell * len(rows))
+        width=cell_width(220 + cell * len(cols)), height=min(1400, 160 + cell * len(rows))
     )
     return fig
 
@@ -204,11 +348,14 @@ def image_overlay(
     selected: int | None = None,
     colorbar_title: str = "",
     width: int = 460,
+    categories: Sequence[str] | None = None,
 ) -> go.Figure:
     """An image with a per-patch score map laid over it (``scores``: grid_h x grid_w or flat).
 
     The overlay is a heatmap in pixel coordinates, one cell per patch, so hovering or clicking
-    gives the patch; ``selected`` (a flat patch index) is outlined.
+    gives the patch; ``selected`` (a flat patch index) is outlined. With ``categories``, the
+    scores are class ids (0 .. len(categories) - 1), drawn in one distinct colour per class with
+    the class names on the colour bar.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -224,6 +371,12 @@ def image_overlay(
     centres_x = patch_size * (np.arange(gw) + 0.5) - 0.5
     centres_y = patch_size * (np.arange(gh) + 0.5) - 0.5
     index = np.arange(gh * gw).reshape(gh, gw)
+    colour: dict[str, Any] = {"colorscale": colorscale, "zmin": zmin, "zmax": zmax}
+    colorbar: dict[str, Any] = {"title": {"text": colorbar_title}}
+    value = "score %{z:.3g}"
+    if categories is not None:
+        colour, value = _category_colours(grid, categories), "%{text}"
+        colorbar |= {"tickvals": list(range(len(categories))), "ticktext": list(categories)}
     fig = new_figure(title=title)
     fig.add_trace(go.Image(z=image.astype(np.uint8), hoverinfo="skip", name="image"))
     fig.add_trace(
@@ -232,15 +385,14 @@ def image_overlay(
             x=centres_x,
             y=centres_y,
             customdata=index,
-            colorscale=colorscale,
-            zmin=zmin,
-            zmax=zmax,
+            text=None if categories is None else np.asarray(categories)[grid.astype(int)],
             opacity=0.0 if scores is None else opacity,
             showscale=scores is not None,
-            colorbar={"title": {"text": colorbar_title}},
-            hovertemplate="patch %{customdata} (row %{y:.0f}px, col %{x:.0f}px)<br>"
-            "score %{z:.3g}<extra></extra>",
+            colorbar=colorbar,
+            hovertemplate=f"patch %{{customdata}} (row %{{y:.0f}}px, col %{{x:.0f}}px)<br>{value}"
+            "<extra></extra>",
             name="patches",
+            **colour,
         )
     )
     if selected is not None:
@@ -259,6 +411,19 @@ def image_overlay(
     )
     fig.update_layout(width=width, height=width * h / w + 80, margin={"l": 10, "r": 10, "b": 10})
     return fig
+
+
+def _category_colours(ids: np.ndarray, categories: Sequence[str]) -> dict[str, Any]:
+    """A stepped colour scale: class k is one flat colour over [k - 0.5, k + 0.5]."""
+    k = len(categories)
+    if k > len(COLORWAY):
+        raise DataError(f"{k} categories, but only {len(COLORWAY)} distinct colours")
+    if ids.size and (ids.min() < 0 or ids.max() >= k or not np.all(ids == np.round(ids))):
+        raise DataError(f"category ids must be whole numbers in 0..{k - 1}")
+    steps = [
+        [edge, colour] for i, colour in enumerate(COLORWAY[:k]) for edge in (i / k, (i + 1) / k)
+    ]
+    return {"colorscale": steps, "zmin": -0.5, "zmax": k - 0.5}
 
 
 # -- finding a browser -------------------------------------------------------------------------
@@ -308,7 +473,7 @@ def _no_browser_error() -> WorkbenchError:
 # -- export ------------------------------------------------------------------------------------
 def check_figure_name(name: str) -> None:
     """Figure names become file names, so keep them to letters, digits, ``_``, ``.``, ``-``."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not FIGURE_NAME_RE.fullmatch(name):
         raise DataError(
             f"Figure name {name!r} cannot be a file name. Use letters, digits, '_', '.' or '-', "
             "starting with a letter or digit (e.g. 'accuracy_by_layer')."
@@ -333,7 +498,8 @@ def write_plotlyjs(folder: str | Path) -> Path:
     folder = Path(folder)
     source = Path(pio.__file__).parent.parent / "package_data" / "plotly.min.js"
     target = folder / "plotly.min.js"
-    tmp = folder / f".plotly.min.js.tmp-{os.getpid()}"
+    sweep_stale(folder)
+    tmp = folder / sibling_name(target.name, "tmp")
     try:
         if source.is_file():
             shutil.copyfile(source, tmp)
@@ -394,12 +560,18 @@ def export_figures(
             )
             written[name].append(path)
 
-    if static:
+    if static and browser is not None:
         jobs = []
         for name, fig in figures.items():
             for fmt in static:
                 path = folder / f"{name}.{fmt}"
-                opts = {"format": fmt, "scale": PNG_SCALE if fmt == "png" else 1}
+                opts = {
+                    "format": fmt,
+                    "scale": PNG_SCALE if fmt == "png" else 1,
+                    # a responsive figure is drawn as wide as a notebook cell shows it
+                    "width": fig.layout.width or CELL_WIDTH,
+                    "height": fig.layout.height or DEFAULT_HEIGHT,
+                }
                 jobs.append({"fig": fig, "path": path, "opts": opts})
                 written[name].append(path)
         _render_static(jobs, browser)

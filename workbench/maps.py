@@ -23,10 +23,9 @@ def project_2d(x: np.ndarray, method: str, *, seed: int = 0, n_neighbors: int = 
         raise DataError(f"unknown map method {method!r}; choose one of {', '.join(MAP_METHODS)}")
     if len(x) < 3:
         raise DataError(f"a map needs at least 3 points, got {len(x)}")
-    z = StandardScaler().fit_transform(x)
     if method == "pca":
-        with threadpool_limits(limits=1):
-            return PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)
+        return pca_2d(x, seed=seed)[0]
+    z = StandardScaler().fit_transform(x)
     import umap
 
     reducer = umap.UMAP(
@@ -39,3 +38,15 @@ def project_2d(x: np.ndarray, method: str, *, seed: int = 0, n_neighbors: int = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return reducer.fit_transform(z).astype(np.float32)
+
+
+def pca_2d(x: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The PCA map of ``x`` (standardised), and the share of the variance each axis explains: a
+    map's reader needs that share to know how much of the picture the two axes show."""
+    if len(x) < 3:
+        raise DataError(f"a map needs at least 3 points, got {len(x)}")
+    z = StandardScaler().fit_transform(x)
+    with threadpool_limits(limits=1):
+        pca = PCA(n_components=2, random_state=seed)
+        xy = pca.fit_transform(z).astype(np.float32)
+    return xy, pca.explained_variance_ratio_.astype(np.float32)

@@ -168,6 +168,12 @@ class Metric:
     """The value is a fraction shown as a percentage."""
     unit: str = ""
     over: str | None = None
+    baselines: tuple[str, ...] = ()
+    """For a curve: its floors, drawn dashed in each run's colour: arrays as long as the curve
+    (a control per layer) or scalar metrics (chance), so no number is compared without them."""
+    against: str | None = None
+    """For a curve: the array whose values are its x axis (a trade-off, e.g. recitation against
+    perplexity along a sweep) instead of the labels in ``over``."""
 
     def format(self, value: Any) -> str:
         """The value as a reader wants it: percentages, sensible digits, the unit."""
@@ -255,7 +261,10 @@ def run_frame(
                 provenance=provenance,
                 summary=findings.summary,
             )
-            result.figures = figures(result)
+            from workbench.figures import fit_cell  # plotting stays out of a bare import
+
+            # every figure fits a notebook cell, whichever probe drew it
+            result.figures = {name: fit_cell(fig) for name, fig in figures(result).items()}
             result.provenance["wall_time_s"] = round(time.time() - started, 3)
             return result
 

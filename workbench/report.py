@@ -1,11 +1,23 @@
-"""One offline HTML gallery of every result under a folder.
+"""An offline HTML report of every result under a folder: a summary page and one page per probe.
 
-``build_report`` finds result folders (those with a ``result.json``) and writes
-``index.html`` next to one local ``plotly.min.js``: a table of contents, then per result the
-summary, headline metrics, all metrics and provenance (folded), and every figure drawn
-interactively from its plotly JSON, with links to its PNG/SVG/HTML files and the executed
-notebook. The page needs no network: no CDN, and plotly.js is stored once, not per figure.
-Figures are drawn when scrolled into view, so a page with many of them still opens quickly.
+``build_report`` finds result folders (those with a ``result.json``) and writes, next to one
+shared local ``plotly.min.js``:
+
+- ``index.html``, the summary: per probe its question, and per result its model, headline
+  metrics and summary sentence, linked to the result on its probe's page;
+- ``probe-NAME.html`` for each probe: per result the summary, metric tiles (readable names,
+  units and digits from the probe's ``METRICS``), all metrics and provenance (folded), and every
+  figure drawn interactively from its plotly JSON, with links to its PNG/SVG/HTML files and the
+  executed notebook;
+- any extra pages handed in as ``ReportPage`` (comparisons of runs, for example), with the same
+  navigation, styles and plotly.js.
+
+Every page loads the one shared ``plotly.min.js``; result folders keep their own copy, so each
+still opens alone when exported. Figures are drawn when scrolled into view, so a long page opens
+quickly. Nothing is loaded from the network.
+
+Result folders are untrusted input: a malformed one is skipped with a warning (and listed on the
+summary page), and nothing is read or linked from outside a result's own folder.
 """
 
 from __future__ import annotations
@@ -13,20 +25,56 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets
+import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from workbench.errors import WorkbenchError
+from workbench.compare_page import comparison_pages
+from workbench.errors import WorkbenchError, one_line
 from workbench.figures import write_plotlyjs
-from workbench.results import FIGURES_DIR, RESULT_FILE, headline_metrics, read_record
+from workbench.results import FIGURES_DIR, RESULT_FILE, headline_metrics, path_inside, read_record
+from workbench.staging import sibling_name, sweep_stale
 
 INDEX_FILE = "index.html"
+PROBE_PAGE_PREFIX = "probe-"
+GENERATOR = "workbench report"
+"""Marks the pages a report wrote, so a rebuild removes its own stale pages and nothing else."""
 _LINK_ORDER = {".html": 0, ".png": 1, ".svg": 2, ".pdf": 3, ".json": 4}
+_SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class ReportPage:
+    """A page of the report beyond the summary and the probe pages, such as a comparison of runs.
+
+    ``body`` is the page's own HTML (trusted: the caller builds it, escaping what it quotes);
+    ``embed_figure`` gives the HTML that draws a plotly figure in it. The report adds the
+    navigation, the styles and the shared plotly.js, and lists the page under ``section``. With
+    ``body=None`` the caller writes ``SLUG.html`` beside ``index.html`` itself (loading the same
+    ``plotly.min.js``) and the report only links it.
+    """
+
+    slug: str
+    """File name without ``.html``: letters, digits, ``-`` and ``_``."""
+    title: str
+    body: str | None
+    section: str = "Comparisons"
+    description: str = ""
+    """One line for the summary page's list of extra pages."""
+
+    def __post_init__(self) -> None:
+        if not _SLUG_RE.fullmatch(self.slug) or self.slug.startswith(PROBE_PAGE_PREFIX):
+            raise WorkbenchError(
+                f"report page slug {self.slug!r} must be letters, digits, '-' or '_' and not "
+                f"start with {PROBE_PAGE_PREFIX!r} (those are the probe pages)"
+            )
+        if self.slug == Path(INDEX_FILE).stem:
+            raise WorkbenchError("report page slug 'index' is the summary page's; pick another")
 
 
 @dataclass
@@ -37,6 +85,7 @@ class _Entry:
     rel: str  # folder relative to the results dir, posix, "." for the dir itself
     record: dict[str, Any]
     notebooks: list[str] = field(default_factory=list)
+    anchor: str = ""
 
     @property
     def probe(self) -> str:
@@ -47,29 +96,81 @@ class _Entry:
         return str(self.record.get("provenance", {}).get("model_spec") or "")
 
 
+@dataclass
+class _Site:
+    """Every page of one report: which file each probe's results go to, and the extra pages."""
+
+    root: Path
+    title: str
+    entries: dict[str, list[_Entry]]  # probe -> its results, in page order
+    pages: dict[str, str]  # probe -> file name of its page
+    extra: list[ReportPage]
+    skipped: list[tuple[str, str]]
+    built: str
+
+
 # -- public ------------------------------------------------------------------------------------
-def build_report(results_dir: str | Path, *, title: str = "Workbench results") -> Path:
-    """Write ``results_dir/index.html`` (atomically) for every result below it; return its path."""
+def build_report(
+    results_dir: str | Path,
+    *,
+    title: str = "Workbench results",
+    extra_pages: Sequence[ReportPage] = (),
+) -> Path:
+    """Write the report of every result below ``results_dir`` (each page atomically) and return
+    the path of its summary page, ``index.html``.
+
+    ``extra_pages`` are further pages that the report writes beside its own, links from every
+    page's navigation and lists on the summary page; the comparison pages of every sweep below
+    ``results_dir`` are added to them.
+    """
     root = Path(results_dir)
     if not root.is_dir():
         raise WorkbenchError(f"{root} is not a folder. Pass the folder probes saved results in.")
-    entries, skipped = _scan(root)
-    if not entries:
+    found, skipped = _scan(root)
+    if not found:
         raise WorkbenchError(
             f"No results found under {root} (no folder with a {RESULT_FILE}). Run a probe "
             "first, e.g. `workbench run ...`, or point build_report at the folder it saved to."
         )
-    entries.sort(key=lambda e: (e.probe, e.model, e.rel))
+    extra_pages = [*extra_pages, *comparison_pages(root)]
+    slugs = [page.slug for page in extra_pages]
+    if len(set(slugs)) != len(slugs):
+        raise WorkbenchError(f"two extra report pages share a slug: {sorted(slugs)}")
+    found.sort(key=lambda e: (e.probe, e.model, e.rel))
+    entries: dict[str, list[_Entry]] = {}
+    for entry in found:
+        entries.setdefault(entry.probe, []).append(entry)
+    for number, results in enumerate(entries.values()):
+        for index, entry in enumerate(results):
+            entry.anchor = f"r{number}-{index}"
+    site = _Site(
+        root=root,
+        title=title,
+        entries=entries,
+        pages=_page_names(list(entries)),
+        extra=list(extra_pages),
+        skipped=skipped,
+        built=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    sweep_stale(root)
     write_plotlyjs(root)
-    page = _page(root, entries, skipped, title)
-    target = root / INDEX_FILE
-    tmp = root / f".{INDEX_FILE}.tmp-{secrets.token_hex(4)}"
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    pages = {INDEX_FILE: _summary_page(site)}
+    for probe, results in entries.items():
+        pages[site.pages[probe]] = _probe_page(site, probe, results)
+    for page in site.extra:
+        if page.body is not None:
+            pages[f"{page.slug}.html"] = _extra_page(site, page)
+    for name, text in pages.items():
+        _write(root / name, text)
+    _remove_stale_pages(root, keep=set(pages) | {f"{p.slug}.html" for p in site.extra})
+    return root / INDEX_FILE
+
+
+def embed_figure(figure: Mapping[str, Any] | Any, element_id: str) -> str:
+    """HTML that draws ``figure`` (a plotly figure or its JSON dict) on a report page, when it
+    scrolls into view. ``element_id`` must be unique on the page."""
+    spec = figure if isinstance(figure, Mapping) else json.loads(figure.to_json())
+    return _plot_html(_script_json(dict(spec)), element_id)
 
 
 # -- scanning ----------------------------------------------------------------------------------
@@ -94,7 +195,44 @@ def _scan(root: Path) -> tuple[list[_Entry], list[tuple[str, str]]]:
     return entries, skipped
 
 
-# -- rendering ---------------------------------------------------------------------------------
+def _page_names(probes: list[str]) -> dict[str, str]:
+    """A file name per probe: its name, made safe for a file and kept unique."""
+    names: dict[str, str] = {}
+    for probe in probes:
+        base = PROBE_PAGE_PREFIX + (re.sub(r"[^A-Za-z0-9_-]+", "-", probe).strip("-") or "probe")
+        name, n = f"{base}.html", 2
+        while name in names.values():
+            name, n = f"{base}-{n}.html", n + 1
+        names[probe] = name
+    return names
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _write(target: Path, text: str) -> None:
+    tmp = target.parent / sibling_name(target.name, "tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_pages(root: Path, keep: set[str]) -> None:
+    """Pages an earlier build wrote for probes or extra pages that are gone now."""
+    marker = f'<meta name="generator" content="{GENERATOR}">'
+    for path in root.glob("*.html"):
+        if path.name in keep or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                head = handle.read(2048)
+        except OSError:
+            continue
+        if marker in head:
+            path.unlink(missing_ok=True)
+
+
+# -- pieces ------------------------------------------------------------------------------------
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -139,15 +277,94 @@ def _table(rows: dict[str, Any], css: str = "kv") -> str:
     return f'<table class="{css}">{body}</table>'
 
 
-def _script_json(text: str) -> str:
-    """JSON made safe to sit inside a <script> element ("</" cannot end it early)."""
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+def _script_json(value: Any) -> str:
+    """JSON text that can sit inside a <script> element and still parse as the same value.
+
+    ``<``, ``>`` and ``&`` only occur inside JSON strings, where their ``\\u`` escapes mean the
+    same characters, so no ``</script>`` or ``<!--`` can appear while every string round-trips.
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
-    """Figure cards and their JSON <script> blocks for one result."""
+def _plot_html(embedded: str, element_id: str) -> str:
+    return (
+        f'<div class="plot" data-src="{_esc(element_id)}"></div>'
+        f'<script type="application/json" id="{_esc(element_id)}">{embedded}</script>'
+    )
+
+
+def _figure_json(entry: _Entry, name: str) -> str:
+    """The figure's plotly JSON, read from inside the result folder, ready to embed."""
+    path = path_inside(entry.folder, f"{FIGURES_DIR}/{name}.json")
+    figure = json.loads(path.read_bytes().decode("utf-8"), parse_constant=lambda _: None)
+    if not isinstance(figure, dict):
+        raise ValueError(f"it holds a JSON {type(figure).__name__}, not a plotly figure")
+    return _script_json(figure)
+
+
+# -- metrics as a reader wants them ------------------------------------------------------------
+def _metric_specs(probe: str) -> dict[str, Any]:
+    """The probe's scalar ``Metric``s by key (readable label, unit, digits); {} if unknown."""
+    from workbench.probe import get_probe
+
+    try:
+        module = get_probe(probe)
+    except (WorkbenchError, ImportError):
+        return {}
+    return {m.key: m for m in getattr(module, "METRICS", ()) if m.over is None}
+
+
+def _probe_question(probe: str) -> str:
+    from workbench.probe import get_probe
+
+    try:
+        module = get_probe(probe)
+    except (WorkbenchError, ImportError):
+        return ""
+    doc = (getattr(module.run, "__doc__", None) or module.__doc__ or "").strip()
+    first = doc.split("\n\n")[0]  # the first paragraph, as one line
+    return " ".join(first.replace("``", "").split())
+
+
+def _readable(key: str, value: Any, specs: dict[str, Any]) -> tuple[str, str] | None:
+    """(label, value text) of one headline metric, or None for values a tile cannot show."""
+    if isinstance(value, bool):
+        return key.replace("_", " "), "yes" if value else "no"
+    if key in specs:
+        return specs[key].label, specs[key].format(value)
+    if isinstance(value, dict | list):
+        return None
+    if isinstance(value, float):
+        text = f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return key.replace("_", " "), text
+
+
+def _tiles(entry: _Entry, specs: dict[str, Any]) -> str:
+    try:
+        headline = headline_metrics(entry.record.get("metrics", {}))
+    except WorkbenchError:
+        return ""
+    tiles = []
+    for key, value in headline.items():
+        shown = _readable(key, value, specs)
+        if shown is not None:
+            label, text = shown
+            tiles.append(
+                f'<div class="tile" title="{_esc(key)}"><div class="tval">{_esc(text)}</div>'
+                f'<div class="tkey">{_esc(label)}</div></div>'
+            )
+    return f'<div class="tiles">{"".join(tiles)}</div>' if tiles else ""
+
+
+# -- the probe pages ---------------------------------------------------------------------------
+def _figures_html(entry: _Entry, index: str) -> str:
+    """Figure cards (each with its JSON <script> block) of one result."""
     cards: list[str] = []
-    scripts: list[str] = []
     figures = entry.record.get("figures", {})
     for number, (name, files) in enumerate(figures.items()):
         files = sorted(files, key=lambda f: _LINK_ORDER.get(Path(f).suffix, len(_LINK_ORDER)))
@@ -155,18 +372,12 @@ def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
             f'<a href="{_href(entry.rel, f)}">{_esc(Path(f).suffix.lstrip(".").upper())}</a>'
             for f in files
         ]
-        json_path = entry.folder / FIGURES_DIR / f"{name}.json"
         try:
-            text = json_path.read_text(encoding="utf-8")
-            json.loads(text)  # a broken file is reported instead of drawn
-        except (OSError, json.JSONDecodeError) as exc:
-            body = f'<p class="missing">Cannot draw {_esc(name)}: {_esc(exc)}</p>'
+            embedded = _figure_json(entry, name)
+        except (WorkbenchError, OSError, ValueError, RecursionError) as exc:
+            body = f'<p class="missing">Cannot draw {_esc(name)}: {_esc(one_line(exc))}</p>'
         else:
-            script_id = f"fig-{index}-{number}"
-            scripts.append(
-                f'<script type="application/json" id="{script_id}">{_script_json(text)}</script>'
-            )
-            body = f'<div class="plot" data-src="{script_id}"></div>'
+            body = _plot_html(embedded, f"fig-{index}-{number}")
         cards.append(
             '<figure class="card">'
             f"{body}"
@@ -174,8 +385,8 @@ def _figures_html(entry: _Entry, index: int) -> tuple[str, str]:
             f'<span class="links">{" · ".join(links)}</span></figcaption></figure>'
         )
     if not cards:
-        return '<p class="muted">No figures.</p>', ""
-    return f'<div class="figures">{"".join(cards)}</div>', "".join(scripts)
+        return '<p class="muted">No figures.</p>'
+    return f'<div class="figures">{"".join(cards)}</div>'
 
 
 def _provenance_html(prov: dict[str, Any]) -> str:
@@ -205,19 +416,10 @@ def _provenance_html(prov: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _result_html(entry: _Entry, index: int) -> str:
+def _result_html(entry: _Entry, specs: dict[str, Any]) -> str:
     record = entry.record
     prov = record.get("provenance", {})
     metrics = record.get("metrics", {})
-    try:
-        headline = headline_metrics(metrics)
-    except WorkbenchError:
-        headline = {}
-    tiles = "".join(
-        f'<div class="tile"><div class="tval">{_fmt(v)}</div><div class="tkey">{_esc(k)}</div>'
-        "</div>"
-        for k, v in headline.items()
-    )
     meta = [f'<a href="{_href(entry.rel) or "./"}">{_esc(entry.rel)}</a>']
     if prov.get("timestamp_utc"):
         meta.append(_esc(prov["timestamp_utc"]))
@@ -228,57 +430,116 @@ def _result_html(entry: _Entry, index: int) -> str:
     for nb in entry.notebooks:
         meta.append(f'notebook: <a href="{_href(entry.rel, nb)}">{_esc(nb)}</a>')
     all_metrics = {k: v for k, v in metrics.items() if k != "headline"}
-    figures, scripts = _figures_html(entry, index)
     summary = record.get("summary") or ""
     model = entry.model or "no model"
     return f"""
-<section class="result" id="r{index}">
+<section class="result" id="{entry.anchor}">
   <h2><span class="probe">{_esc(entry.probe)}</span>
       <span class="model">{_esc(model)}</span></h2>
   <p class="meta">{" · ".join(meta)}</p>
   {f'<p class="summary">{_esc(summary)}</p>' if summary else ""}
-  {f'<div class="tiles">{tiles}</div>' if tiles else ""}
+  {_tiles(entry, specs)}
   <details><summary>All metrics ({len(all_metrics)})</summary>{_table(all_metrics)}</details>
   <details><summary>Provenance</summary>{_provenance_html(prov)}</details>
-  {figures}
-  {scripts}
+  {_figures_html(entry, entry.anchor)}
 </section>"""
 
 
-def _toc_html(entries: list[_Entry]) -> str:
-    groups: dict[str, list[str]] = {}
-    for index, entry in enumerate(entries):
-        label = _esc(entry.model or entry.rel)
-        groups.setdefault(entry.probe, []).append(f'<li><a href="#r{index}">{label}</a></li>')
-    return "".join(
-        f'<li><span class="tprobe">{_esc(probe)}</span><ul>{"".join(items)}</ul></li>'
-        for probe, items in groups.items()
-    )
+def _probe_page(site: _Site, probe: str, results: list[_Entry]) -> str:
+    specs = _metric_specs(probe)
+    toc = "".join(f'<li><a href="#{e.anchor}">{_esc(e.model or e.rel)}</a></li>' for e in results)
+    question = _probe_question(probe)
+    intro = f'<p class="question">{_esc(question)}</p>' if question else ""
+    body = f"""<div class="layout">
+<nav class="toc"><h3>{_esc(probe)}: {len(results)} result{"s" * (len(results) != 1)}</h3>
+<ul>{toc}</ul></nav>
+<main>{intro}{"".join(_result_html(e, specs) for e in results)}</main>
+</div>"""
+    return _page(site, f"{probe} · {site.title}", site.pages[probe], body)
 
 
-def _page(root: Path, entries: list[_Entry], skipped: list[tuple[str, str]], title: str) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    results = "".join(_result_html(entry, i) for i, entry in enumerate(entries))
-    skipped_html = ""
-    if skipped:
-        items = "".join(f"<li><code>{_esc(r)}</code>: {_esc(why)}</li>" for r, why in skipped)
-        skipped_html = f'<section class="skipped"><h2>Skipped</h2><ul>{items}</ul></section>'
-    count = f"{len(entries)} result{'s' if len(entries) != 1 else ''}"
+# -- the summary page --------------------------------------------------------------------------
+def _summary_page(site: _Site) -> str:
+    cards = []
+    for probe, results in site.entries.items():
+        page = site.pages[probe]
+        specs = _metric_specs(probe)
+        rows = []
+        for entry in results:
+            summary = entry.record.get("summary") or ""
+            rows.append(
+                f'<tr><th><a href="{_esc(page)}#{entry.anchor}">'
+                f"{_esc(entry.model or entry.rel)}</a>"
+                f'<div class="rel">{_esc(entry.rel)}</div></th>'
+                f"<td>{_tiles(entry, specs)}"
+                f"{f'<p class=summary>{_esc(summary)}</p>' if summary else ''}</td></tr>"
+            )
+        question = _probe_question(probe)
+        cards.append(
+            f'<section class="result probe-card"><h2><a href="{_esc(page)}">{_esc(probe)}</a>'
+            f' <span class="model">{len(results)} result{"s" * (len(results) != 1)}</span></h2>'
+            f"{f'<p class=question>{_esc(question)}</p>' if question else ''}"
+            f'<table class="overview">{"".join(rows)}</table></section>'
+        )
+    extra = ""
+    if site.extra:
+        items = "".join(
+            f'<li><a href="{_esc(p.slug)}.html">{_esc(p.title)}</a>'
+            f"{f' · {_esc(p.description)}' if p.description else ''}</li>"
+            for p in site.extra
+        )
+        extra = f'<section class="result"><h2>More pages</h2><ul>{items}</ul></section>'
+    skipped = ""
+    if site.skipped:
+        items = "".join(f"<li><code>{_esc(r)}</code>: {_esc(why)}</li>" for r, why in site.skipped)
+        skipped = f'<section class="skipped"><h2>Skipped</h2><ul>{items}</ul></section>'
+    body = f'<main class="single">{"".join(cards)}{extra}{skipped}</main>'
+    return _page(site, site.title, INDEX_FILE, body)
+
+
+def _extra_page(site: _Site, page: ReportPage) -> str:
+    title = f'<h2 class="page-title">{_esc(page.title)}</h2>'
+    body = f'<main class="single">{title}{page.body or ""}</main>'
+    return _page(site, f"{page.title} · {site.title}", f"{page.slug}.html", body)
+
+
+# -- the frame of every page -------------------------------------------------------------------
+def _nav(site: _Site, current: str) -> str:
+    def link(href: str, label: str) -> str:
+        here = ' aria-current="page" class="here"' if href == current else ""
+        return f'<a href="{_esc(href)}"{here}>{label}</a>'
+
+    items = [link(INDEX_FILE, "Summary")]
+    items += [
+        link(site.pages[probe], f"{_esc(probe)} <span>{len(results)}</span>")
+        for probe, results in site.entries.items()
+    ]
+    sections: dict[str, list[str]] = {}
+    for page in site.extra:
+        sections.setdefault(page.section, []).append(link(f"{page.slug}.html", _esc(page.title)))
+    for section, links in sections.items():
+        items.append(f'<span class="section">{_esc(section)}:</span>')
+        items += links
+    return f'<nav class="pages">{"".join(items)}</nav>'
+
+
+def _page(site: _Site, title: str, current: str, body: str) -> str:
+    count = sum(len(r) for r in site.entries.values())
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="generator" content="{GENERATOR}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(title)}</title>
 <style>{_CSS}</style>
 <script src="plotly.min.js" charset="utf-8"></script>
 </head>
 <body>
-<header><h1>{_esc(title)}</h1><p>{count} · built {now} · {_esc(root.resolve().name)}</p></header>
-<div class="layout">
-<nav class="toc"><h3>Contents</h3><ul>{_toc_html(entries)}</ul></nav>
-<main>{results}{skipped_html}</main>
-</div>
+<header><h1>{_esc(site.title)}</h1><p>{count} result{"s" * (count != 1)} ·
+{len(site.entries)} probe{"s" * (len(site.entries) != 1)} · built {site.built} ·
+{_esc(site.root.resolve().name)}</p>{_nav(site, current)}</header>
+{body}
 <script>{_JS}</script>
 </body>
 </html>
@@ -292,45 +553,55 @@ _CSS = """
 body { margin:0; background:var(--bg); color:var(--ink);
   font:15px/1.5 Inter,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif; }
 a { color:var(--accent); text-decoration:none; } a:hover { text-decoration:underline; }
-header { background:#fff; border-bottom:1px solid var(--line); padding:20px 32px; }
-header h1 { margin:0; font-size:24px; } header p { margin:4px 0 0; color:var(--muted); }
+header { background:#fff; border-bottom:1px solid var(--line); padding:16px 32px 0; }
+header h1 { margin:0; font-size:24px; } header p { margin:4px 0 10px; color:var(--muted); }
+nav.pages { display:flex; flex-wrap:wrap; gap:4px 18px; font-size:14px; align-items:baseline; }
+nav.pages a { padding:6px 2px 8px; border-bottom:3px solid transparent; color:var(--ink); }
+nav.pages a span { color:var(--muted); font-size:12px; }
+nav.pages a.here { border-bottom-color:var(--accent); font-weight:600; }
+nav.pages .section { color:var(--muted); margin-left:12px; }
 .layout { display:flex; gap:28px; padding:24px 32px; align-items:flex-start; }
-.toc { position:sticky; top:16px; flex:0 0 230px; max-height:calc(100vh - 32px); overflow:auto;
+main.single { padding:24px 32px; max-width:1400px; }
+.toc { position:sticky; top:16px; flex:0 0 220px; max-height:calc(100vh - 32px); overflow:auto;
   background:#fff; border:1px solid var(--line); border-radius:10px; padding:12px 16px;
   font-size:14px; }
 .toc h3 { margin:0 0 8px; font-size:13px; text-transform:uppercase; letter-spacing:.06em;
   color:var(--muted); }
 .toc ul { list-style:none; margin:0; padding:0; }
-.toc ul ul { padding-left:12px; margin:2px 0 8px; }
-.tprobe { font-weight:600; }
 main { flex:1; min-width:0; }
+.question { font-size:16px; color:var(--muted); margin:0 0 16px; }
 .result { background:var(--card); border:1px solid var(--line); border-radius:12px;
   padding:20px 24px; margin-bottom:24px; scroll-margin-top:16px; }
 .result h2 { margin:0; font-size:20px; display:flex; gap:12px; align-items:baseline;
   flex-wrap:wrap; }
 .model { font-weight:400; color:var(--muted); font-size:16px; }
-.meta { color:var(--muted); font-size:13px; margin:4px 0 12px; }
-.summary { font-size:16px; max-width:80ch; }
-.tiles { display:flex; flex-wrap:wrap; gap:12px; margin:12px 0; }
-.tile { border:1px solid var(--line); border-radius:10px; padding:10px 16px; min-width:130px;
-  background:#fafbfc; }
-.tval { font-size:22px; font-weight:600; font-variant-numeric:tabular-nums; }
-.tkey { font-size:12px; color:var(--muted); }
+.meta { color:var(--muted); font-size:13px; margin:4px 0 12px; overflow-wrap:anywhere; }
+.summary { font-size:15px; max-width:90ch; margin:6px 0; }
+.tiles { display:flex; flex-wrap:wrap; gap:10px; margin:10px 0; }
+.tile { border:1px solid var(--line); border-radius:10px; padding:8px 14px; min-width:120px;
+  max-width:240px; background:#fafbfc; }
+.tval { font-size:21px; font-weight:600; font-variant-numeric:tabular-nums; }
+.tkey { font-size:12px; color:var(--muted); line-height:1.3; }
+table.overview { border-collapse:collapse; width:100%; margin-top:8px; }
+table.overview th { text-align:left; vertical-align:top; padding:10px 16px 10px 0;
+  width:220px; font-weight:600; overflow-wrap:anywhere; }
+table.overview td { padding:4px 0 10px; }
+table.overview tr + tr { border-top:1px solid #f0f1f3; }
+.rel { font-weight:400; font-size:12px; color:var(--muted); }
 details { margin:8px 0; border:1px solid var(--line); border-radius:8px; padding:6px 12px; }
 summary { cursor:pointer; font-weight:600; font-size:14px; }
 details h4 { margin:12px 0 4px; font-size:13px; }
 table.kv { border-collapse:collapse; margin:8px 0; font-size:13px; }
 table.kv th { text-align:left; font-weight:500; color:var(--muted); padding:3px 16px 3px 0;
   vertical-align:top; white-space:nowrap; }
-table.kv td { padding:3px 0; font-variant-numeric:tabular-nums; }
+table.kv td { padding:3px 0; font-variant-numeric:tabular-nums; overflow-wrap:anywhere; }
 table.kv tr + tr { border-top:1px solid #f0f1f3; }
 code, pre { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12px; }
 pre.json { background:#f8f9fb; border:1px solid var(--line); border-radius:6px; padding:8px;
   max-height:320px; overflow:auto; margin:4px 0; }
 .null, .muted { color:var(--muted); }
 code.wrap { white-space:normal; overflow-wrap:anywhere; }
-.figures { display:grid; grid-template-columns:1fr; gap:16px;
-  margin-top:16px; }
+.figures { display:grid; grid-template-columns:1fr; gap:16px; margin-top:16px; }
 .card { margin:0; border:1px solid var(--line); border-radius:10px; padding:8px;
   background:#fff; min-width:0; }
 .plot { width:100%; min-height:420px; }
@@ -338,9 +609,14 @@ figcaption { display:flex; gap:8px; align-items:baseline; flex-wrap:wrap; font-s
   padding:6px 4px 0; border-top:1px solid #f0f1f3; }
 .fname { font-weight:600; } .links { margin-left:auto; }
 .missing { color:#b42318; }
+.page-title { margin:0 0 16px; }
+table.points { border-collapse:collapse; font-size:13px; width:100%; }
+table.points th, table.points td { text-align:left; padding:4px 10px;
+  border-bottom:1px solid #f0f1f3; vertical-align:top; overflow-wrap:anywhere; }
+td.failed { color:#b42318; font-weight:600; }
 .skipped { background:#fff7ed; border:1px solid #fed7aa; border-radius:12px; padding:12px 24px; }
 @media (max-width: 900px) { .layout { display:block; padding:16px; } .toc { position:static;
-  margin-bottom:16px; } .figures { grid-template-columns:1fr; } }
+  margin-bottom:16px; } main.single { padding:16px; } }
 """
 
 _JS = """
@@ -350,7 +626,7 @@ _JS = """
     if (div.dataset.drawn) return;
     div.dataset.drawn = "1";
     if (!window.Plotly) {
-      div.textContent = "plotly.min.js did not load; it should sit next to index.html.";
+      div.textContent = "plotly.min.js did not load; it should sit next to this page.";
       return;
     }
     var fig = JSON.parse(document.getElementById(div.dataset.src).textContent);

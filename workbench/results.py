@@ -8,8 +8,12 @@ A result folder is what a reader, the report and a later notebook all share::
 
 ``save`` owns the whole folder: it builds the new folder next to the target and swaps it in
 only when complete, so a crash never leaves a half-written run, and an old run is never mixed
-with a new one. Files a runner wants in the same folder (an executed notebook) are passed as
-``extra_files`` and copied inside that same atomic step.
+with a new one. It only ever replaces a folder that is itself one run. Files a runner wants in
+the same folder (an executed notebook) are passed as ``extra_files`` and copied inside that
+same atomic step.
+
+``load`` and every other reader treat a result folder as untrusted input: the record is checked
+field by field, and every path it names must resolve inside the folder.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import math
 import os
 import platform
 import re
-import secrets
 import shutil
 import subprocess
 import textwrap
 import time
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -36,8 +41,9 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from workbench.errors import DataError, OutputExistsError, WorkbenchError
-from workbench.figures import DEFAULT_FORMATS, check_figure_name, export_figures
+from workbench.errors import DataError, OutputExistsError, WorkbenchError, one_line
+from workbench.figures import DEFAULT_FORMATS, FIGURE_NAME_RE, check_figure_name, export_figures
+from workbench.staging import sibling_name, swap_into_place, sweep_stale
 
 if TYPE_CHECKING:
     from workbench.models import LoadedModel
@@ -51,11 +57,16 @@ HEADLINE_COUNT = 4
 
 _RESERVED = (RESULT_FILE, ARRAYS_FILE, FIGURES_DIR)
 _ARRAY_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# A path inside a result folder as result.json may name it: no "..", no absolute or empty parts.
+_RELATIVE_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+MAX_NESTING = 64
+"""Deepest nesting of lists and objects a result.json may have (real ones have under 10)."""
 # np.savez takes these as its own keyword arguments, so arrays cannot use them as names.
 _SAVEZ_RESERVED = ("file", "allow_pickle")
 _VERSION_PACKAGES = {
     "torch": "torch",
     "transformers": "transformers",
+    "accelerate": "accelerate",
     "numpy": "numpy",
     "sklearn": "scikit-learn",
     "plotly": "plotly",
@@ -115,9 +126,10 @@ def headline_metrics(metrics: Mapping[str, Any], count: int = HEADLINE_COUNT) ->
     """
     named = metrics.get(HEADLINE_KEY)
     if named is not None:
-        if isinstance(named, str) or not isinstance(named, list | tuple):
+        if not isinstance(named, list | tuple) or not all(isinstance(k, str) for k in named):
             raise DataError(
-                f"metrics[{HEADLINE_KEY!r}] must be a list of metric keys, got {named!r}."
+                f"metrics[{HEADLINE_KEY!r}] must be a list of metric keys, got "
+                f"{_clip(repr(named), 80)}."
             )
         missing = [k for k in named if k not in metrics]
         if missing:
@@ -174,10 +186,15 @@ def make_provenance(
     seed: int | None,
     started: float,
     device: str = "cpu",
+    dtype: str | None = None,
+    device_map: dict[str, str] | None = None,
+    backend: str | None = None,
 ) -> dict:
     """Everything needed to tell what produced a result and to run it again.
 
     ``started`` is ``time.time()`` at the start of the run; the wall time is measured from it.
+    ``device`` is where the inputs went, ``dtype`` the model's, ``device_map`` accelerate's
+    placement of a split or offloaded model (None when it sat whole on ``device``).
     """
     git = git_state()
     return {
@@ -188,6 +205,9 @@ def make_provenance(
         "config": to_jsonable(config, "config", strict=False),
         "seed": seed,
         "device": device,
+        "dtype": dtype,
+        "device_map": device_map,
+        "backend": backend,
         "versions": {
             "python": platform.python_version(),
             **{key: _version(dist) for key, dist in _VERSION_PACKAGES.items()},
@@ -205,7 +225,8 @@ def make_provenance(
 
 
 def run_provenance(probe: str, model: LoadedModel, config: Any, started: float) -> dict:
-    """``make_provenance`` for the usual run: a loaded model and a dataclass config with a seed."""
+    """``make_provenance`` for the usual run: a loaded model (with where and how it was placed)
+    and a dataclass config with a seed."""
     return make_provenance(
         probe=probe,
         model_spec=model.spec,
@@ -214,6 +235,7 @@ def run_provenance(probe: str, model: LoadedModel, config: Any, started: float) 
         config=asdict(config),
         seed=config.seed,
         started=started,
+        **model.placement(),
     )
 
 
@@ -287,17 +309,20 @@ class ProbeResult:
         """Write the result folder atomically and return its path.
 
         The folder is built as a hidden sibling and renamed into place at the end; on any error
-        the sibling is removed and the target is left as it was. An existing non-empty target is
-        refused unless ``overwrite=True``, and is then replaced as a whole (save owns the
-        folder). ``extra_files`` maps names inside the folder to files to copy in the same step.
+        the sibling is removed and the target is left as it was. An existing run is refused
+        unless ``overwrite=True``, and is then replaced as a whole (save owns the folder); a
+        folder that is not one run is never replaced (see ``check_output``). ``extra_files``
+        maps names inside the folder to files to copy in the same step. Leftovers of killed
+        saves beside the target are removed first.
         """
         self.validate()
         target = Path(folder).absolute()
         extras = _check_extra_files(extra_files)
-        _check_target(target, overwrite)
+        check_output(target, overwrite)
         target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(target.parent)
 
-        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+        tmp = target.parent / sibling_name(target.name, "tmp")
         tmp.mkdir()
         try:
             self._write(tmp, formats)
@@ -305,7 +330,8 @@ class ProbeResult:
                 destination = tmp / name
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, destination)
-            _swap_into_place(tmp, target, overwrite)
+            check_output(target, overwrite)  # again: another process may have written meanwhile
+            swap_into_place(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -335,17 +361,14 @@ class ProbeResult:
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str | Path) -> ProbeResult:
-        """Read a folder written by ``save``: metrics, exact arrays, figures, provenance."""
+        """Read a folder written by ``save``: metrics, exact arrays, figures, provenance.
+
+        Anything missing, corrupt or pointing outside the folder raises one WorkbenchError.
+        """
         folder = Path(folder)
         record = read_record(folder)
-        arrays: dict[str, np.ndarray] = {}
-        if record["arrays"]:
-            with np.load(folder / record.get("arrays_file", ARRAYS_FILE), allow_pickle=False) as z:
-                arrays = {name: z[name] for name in record["arrays"]}
-        figures = {}
-        for name in record["figures"]:
-            path = folder / FIGURES_DIR / f"{name}.json"
-            figures[name] = pio.from_json(path.read_text(encoding="utf-8"))
+        arrays = _read_arrays(folder, record) if record["arrays"] else {}
+        figures = {name: _read_figure(folder, name) for name in record["figures"]}
         return cls(
             probe=record["probe"],
             metrics=record["metrics"],
@@ -395,26 +418,136 @@ class ProbeResult:
 
 # -- helpers -----------------------------------------------------------------------------------
 def read_record(folder: str | Path) -> dict[str, Any]:
-    """Parsed ``result.json`` of a result folder, checked for the fields every reader needs."""
+    """Parsed ``result.json`` of a result folder, checked field by field.
+
+    Anything ``save`` could not have written (wrong types, unsafe names, paths leaving the
+    folder, absurd nesting) raises a one-line WorkbenchError naming the file.
+    """
     path = Path(folder) / RESULT_FILE
     if not path.is_file():
         raise WorkbenchError(f"{folder} is not a result folder: it has no {RESULT_FILE}.")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WorkbenchError(f"{path} is not valid JSON ({exc}); re-run the probe.") from exc
-    version = record.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise WorkbenchError(f"{path} cannot be read ({one_line(exc)}).") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deeply
         raise WorkbenchError(
-            f"{path} has format_version {version!r}; this workbench reads up to "
+            f"{path} is not valid JSON ({one_line(exc)}); re-run the probe."
+        ) from None
+    _check_record(record, path)
+    return record
+
+
+def _check_record(record: Any, path: Path) -> None:
+    def malformed(what: str) -> WorkbenchError:
+        return WorkbenchError(f"{path} {what}; re-run the probe to rewrite it.")
+
+    if not isinstance(record, dict):
+        raise malformed(f"holds a JSON {type(record).__name__}, not an object")
+    version = record.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise WorkbenchError(
+            f"{path} has format_version {_clip(repr(version), 40)}; this workbench reads up to "
             f"{FORMAT_VERSION}. Update the workbench or re-run the probe."
         )
     missing = [
         k for k in ("probe", "metrics", "provenance", "arrays", "figures") if k not in record
     ]
     if missing:
-        raise WorkbenchError(f"{path} lacks {missing}; re-run the probe to rewrite it.")
-    return record
+        raise malformed(f"lacks {missing}")
+    if not isinstance(record["probe"], str) or not record["probe"]:
+        raise malformed("has no probe name")
+    if not isinstance(record.get("summary", ""), str):
+        raise malformed("has a summary that is not a string")
+    for key in ("metrics", "provenance", "arrays", "figures"):
+        if not isinstance(record[key], dict):
+            raise malformed(f"has {key} of type {type(record[key]).__name__}, not an object")
+    if _nesting_exceeds(record, MAX_NESTING):
+        raise malformed(f"nests lists and objects deeper than {MAX_NESTING} levels")
+    try:
+        headline_metrics(record["metrics"])
+    except DataError as exc:
+        raise malformed(f"has a bad headline ({exc})") from None
+    for name in record["arrays"]:
+        if not _ARRAY_NAME_RE.fullmatch(name) or name in _SAVEZ_RESERVED:
+            raise malformed(f"names an array {_clip(repr(name), 60)} that is not allowed")
+    arrays_file = record.get("arrays_file", ARRAYS_FILE)
+    if not _is_relative_path(arrays_file):
+        raise malformed(f"has an arrays_file {_clip(repr(arrays_file), 60)} outside its folder")
+    for name, files in record["figures"].items():
+        if not FIGURE_NAME_RE.fullmatch(name):
+            raise malformed(f"names a figure {_clip(repr(name), 60)} that is not a file name")
+        if not isinstance(files, list) or not all(_is_relative_path(f) for f in files):
+            raise malformed(f"lists files for figure {name!r} that are not paths inside it")
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    if limit < 0:
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list) and any(_nesting_exceeds(v, limit - 1) for v in value)
+
+
+def _is_relative_path(value: Any) -> bool:
+    return isinstance(value, str) and _RELATIVE_PATH_RE.fullmatch(value) is not None
+
+
+def path_inside(folder: Path, relative: str) -> Path:
+    """``folder / relative``, refused unless it resolves inside ``folder`` (symlinks followed)."""
+    path = folder / relative
+    if not _is_relative_path(relative) or not path.resolve().is_relative_to(folder.resolve()):
+        raise WorkbenchError(
+            f"{path} points outside its result folder {folder}; refusing to read it."
+        )
+    return path
+
+
+def _read_arrays(folder: Path, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    path = path_inside(folder, record.get("arrays_file", ARRAYS_FILE))
+    if not path.is_file():
+        raise WorkbenchError(f"{path} is missing; re-run the probe to rewrite the result.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise WorkbenchError(
+                f"{path} is a single array, not an .npz archive; re-run the probe."
+            )
+        with loaded as archive:
+            missing = [name for name in record["arrays"] if name not in archive.files]
+            if missing:
+                raise WorkbenchError(
+                    f"{path} lacks the arrays {_clip(repr(missing), 80)} that result.json lists; "
+                    "re-run the probe."
+                )
+            return {name: archive[name] for name in record["arrays"]}
+    except WorkbenchError:
+        raise
+    except ValueError as exc:
+        if "Object arrays cannot be loaded" in str(exc):
+            raise WorkbenchError(
+                f"{path} holds a pickled object array, which is refused (unpickling can run "
+                "code); re-run the probe to rewrite it."
+            ) from None
+        raise WorkbenchError(f"{path} is not a readable .npz file ({one_line(exc)}).") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as exc:
+        raise WorkbenchError(f"{path} is not a readable .npz file ({one_line(exc)}).") from None
+
+
+def _read_figure(folder: Path, name: str) -> go.Figure:
+    path = path_inside(folder, f"{FIGURES_DIR}/{name}.json")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkbenchError(
+            f"{path} is missing or unreadable ({one_line(exc)}); re-run the probe."
+        ) from None
+    try:
+        return pio.from_json(text)
+    except Exception as exc:  # plotly's validators raise many kinds for a foreign structure
+        raise WorkbenchError(
+            f"{path} is not a plotly figure ({one_line(exc)}); re-run the probe."
+        ) from None
 
 
 def _check_extra_files(extra_files: Mapping[str, str | Path] | None) -> dict[str, Path]:
@@ -438,30 +571,36 @@ def _check_extra_files(extra_files: Mapping[str, str | Path] | None) -> dict[str
     return extras
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not target.is_dir():
-        raise OutputExistsError(f"{target} exists and is not a folder; choose another path.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+def check_output(target: Path, overwrite: bool) -> None:
+    """Refuse an output folder that would lose data: one that holds a run (unless
+    ``overwrite``) or anything that is not exactly one run (always)."""
+    if os.path.lexists(target) and not target.is_dir():
+        raise OutputExistsError(f"{target} is a file; choose a folder for the results.")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not is_run_folder(target):
+        raise OutputExistsError(
+            f"{target} holds files that are not one workbench run, so it is never replaced; "
+            "choose a new or empty folder."
+        )
+    if not overwrite:
         raise OutputExistsError(
             f"{target} already holds a run. Pass overwrite=True (CLI: --overwrite) to replace "
             "it, or choose another folder."
         )
 
 
-def _swap_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``target``; an old target is moved aside first and deleted after."""
-    _check_target(target, overwrite)  # again: another process may have written meanwhile
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
-    os.replace(target, old)
+def is_run_folder(folder: Path) -> bool:
+    """True for a folder written by ``save``: a run's result.json on top, no run nested inside."""
     try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        record = json.loads((folder / RESULT_FILE).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(record, dict) or not isinstance(record.get("probe"), str):
+        return False
+    if not isinstance(record.get("format_version"), int):
+        return False
+    return not any(path.parent != folder for path in folder.rglob(RESULT_FILE))
 
 
 def _short(value: Any) -> str:

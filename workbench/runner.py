@@ -1,8 +1,11 @@
 """Headless probe runs: ``notebooks/<probe>.ipynb`` under papermill, or the probe function directly.
 
 Every check that can fail cheaply (probe name, parameters, model spec and family, output
-folder) runs before the kernel starts. The run writes into a hidden staging folder beside the
-output and moves it into place only when complete, so a failed run leaves nothing behind.
+folder) runs before the kernel starts. The run holds the output folder's lock from before the
+model loads until its result is in place, so a second run to the same folder is refused at
+once. It writes into a hidden staging folder beside the output and moves it into place only
+when complete, so a failed run leaves nothing behind, and it first removes what killed runs
+left there and in the temporary folder.
 """
 
 from __future__ import annotations
@@ -11,13 +14,28 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import OutputExistsError, WorkbenchError
-from workbench.probe import check_family, get_probe, make_config, probe_folder
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
+from workbench.errors import WorkbenchError
+from workbench.probe import check_family, get_probe, make_config, probe_folder
+from workbench.results import check_output
+from workbench.staging import (
+    check_writable,
+    output_lock,
+    sibling_name,
+    swap_into_place,
+    sweep_stale,
+    temp_dir,
+    temp_prefix,
+)
+
+LOAD_OPTIONS = ("device", "dtype", "device_map", "max_memory", "backend")
+"""The ``load_model`` choices a headless run passes on (``workbench run --device ...``)."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
 GENERIC_NOTEBOOK = "probe.ipynb"
@@ -33,6 +51,9 @@ class RunPlan:
     params: dict[str, Any]
     out: Path
     overwrite: bool
+    load: dict[str, Any] = field(default_factory=dict)
+    """``load_model`` choices (device, dtype, device_map, max_memory, backend); the notebook
+    gets them as its ``load`` parameter."""
 
 
 def plan_run(
@@ -43,39 +64,52 @@ def plan_run(
     params: dict[str, Any] | None = None,
     preset: str | None = None,
     overwrite: bool = False,
+    load: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """Validate a run before any heavy work; raise a WorkbenchError naming the fix."""
+    """Validate a run before any heavy work; raise a WorkbenchError naming the fix.
+
+    ``load`` holds ``load_model``'s choices (``device``, ``dtype``, ``device_map``,
+    ``max_memory``, ``backend``), checked against this machine and the model's family here.
+    """
+    from workbench.devices import check_load_options
     from workbench.models import peek_family
 
     module = get_probe(probe)
+    # a notebook runs in notebooks/, so a relative file setting (data_path=...) would move
+    params = {
+        k: str(Path(v).absolute()) if k.endswith("_path") and isinstance(v, str) and v else v
+        for k, v in (params or {}).items()
+    }
     make_config(probe, preset=preset, params=params)
     model = model or module.DEFAULT_MODELS[0]
-    check_family(probe, module.FAMILIES, model, peek_family(model))
+    family = peek_family(model)
+    check_family(probe, module.FAMILIES, model, family)
+    load = {k: v for k, v in (load or {}).items() if v is not None}
+    unknown = sorted(set(load) - set(LOAD_OPTIONS))
+    if unknown:
+        raise WorkbenchError(
+            f"unknown loading option(s) {', '.join(unknown)}; choose from {', '.join(LOAD_OPTIONS)}"
+        )
+    check_load_options(family, spec=model, **load)
     out = Path(out).absolute()  # the notebook runs in notebooks/, so relative paths would move
     check_output(out, overwrite)
-    return RunPlan(probe, model, preset, dict(params or {}), out, overwrite)
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} is a file; choose a folder for the results")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "another run" if (out / "result.json").exists() else "other files"
-        raise OutputExistsError(
-            f"{out} already holds {what}; choose another --out or pass --overwrite to replace it"
-        )
+    check_writable(out)
+    return RunPlan(probe, model, preset, dict(params or {}), out, overwrite, load)
 
 
 def execute(plan: RunPlan, *, notebook: bool = True, progress: bool = True) -> Path:
     """Run the plan; returns the output folder holding result.json, figures and notebook."""
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    if not notebook:
-        from workbench.models import load_model
+    with output_lock(plan.out):
+        check_output(plan.out, plan.overwrite)  # again, now that no other run can write there
+        sweep_stale(plan.out.parent)
+        sweep_stale(temp_dir())
+        if not notebook:
+            from workbench.models import load_model
 
-        config = make_config(plan.probe, preset=plan.preset, params=plan.params)
-        result = get_probe(plan.probe).run(load_model(plan.model), config)
-        return result.save(plan.out, overwrite=plan.overwrite)
-    return _execute_notebook(plan, progress=progress)
+            config = make_config(plan.probe, preset=plan.preset, params=plan.params)
+            result = get_probe(plan.probe).run(load_model(plan.model, **plan.load), config)
+            return result.save(plan.out, overwrite=plan.overwrite)
+        return _execute_notebook(plan, progress=progress)
 
 
 def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
@@ -83,12 +117,14 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
     from papermill.exceptions import PapermillExecutionError
 
     source = notebook_for(plan.probe)
-    stage = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.run-", dir=plan.out.parent))
+    stage = plan.out.parent / sibling_name(plan.out.name, "run")
+    stage.mkdir()
     staged_result = stage / "result"
     parameters: dict[str, Any] = {
         "model": plan.model,
         "preset": plan.preset,
         "params": plan.params,
+        "load": plan.load,
         "out": str(staged_result),
     }
     if source == NOTEBOOKS / GENERIC_NOTEBOOK:
@@ -103,20 +139,32 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
                 cwd=str(NOTEBOOKS),
                 progress_bar=progress,
                 kernel_name="python3",
+                kernel_manager_class=LocalKernelManager,
             )
         except PapermillExecutionError as err:
             kept = _keep_failed_notebook(executed)
+            message = " ".join(_strip_ansi(err.evalue).split())
             raise WorkbenchError(
-                f"notebook {source.name} failed in cell {err.exec_count}: "
-                f"{err.ename}: {_strip_ansi(err.evalue)}\nexecuted notebook kept at {kept}"
+                f"notebook {source.name} failed in cell {err.exec_count}: {err.ename}: "
+                f"{message} (executed notebook kept until the next run at {kept})"
             ) from None
         if not (staged_result / "result.json").is_file():
             raise WorkbenchError(f"notebook {source.name} ran but saved no result to `out`")
         shutil.move(str(executed), staged_result / source.name)
-        _swap_into_place(staged_result, plan.out, plan.overwrite)
+        check_output(plan.out, plan.overwrite)
+        swap_into_place(staged_result, plan.out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return plan.out
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """A kernel reached over local sockets (IPC), not TCP: the kernel runs on this machine, so
+    nothing needs a network port, and it has no plain-text TCP traffic to warn about."""
+
+    @default("transport")
+    def _local_sockets(self) -> str:
+        return "ipc"
 
 
 def notebook_for(probe: str) -> Path:
@@ -131,18 +179,10 @@ def notebook_for(probe: str) -> Path:
     return generic
 
 
-def _swap_into_place(staged: Path, out: Path, overwrite: bool) -> None:
-    check_output(out, overwrite)
-    if out.exists():
-        old = staged.parent / "previous"
-        os.replace(out, old)
-    os.replace(staged, out)
-
-
 def _keep_failed_notebook(executed: Path) -> Path | None:
     if not executed.is_file():
         return None
-    fd, path = tempfile.mkstemp(prefix="failed-", suffix=f"-{executed.name}")
+    fd, path = tempfile.mkstemp(prefix=temp_prefix("failed"), suffix=f"-{executed.name}")
     os.close(fd)
     shutil.copyfile(executed, path)
     return Path(path)

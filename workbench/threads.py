@@ -14,11 +14,21 @@ from typing import Any
 import torch
 
 
+def available_threads() -> int:
+    """This process's thread budget: the cores, or fewer when ``OMP_NUM_THREADS`` says so (a
+    sweep or ``workbench demo`` sets it for each run, so parallel runs share the cores)."""
+    cores = os.cpu_count() or 1
+    try:
+        return max(1, min(cores, int(os.environ.get("OMP_NUM_THREADS") or cores)))
+    except ValueError:
+        return cores
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run torch with at most ``n`` threads (small models train fastest on one), then restore."""
     old = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(n, available_threads())))
     try:
         yield
     finally:

@@ -83,15 +83,20 @@ def _natural_key(text: str) -> tuple:
 
 
 def decodability_figure(result: ProbeResult) -> go.Figure:
-    """Accuracy per layer with its CV spread, against chance and the random-init control."""
+    """Accuracy per layer with its CV spread, against both chances and the random-init control."""
     a = result.arrays
     layers = a["layer_names"].tolist()
     acc, std = a["accuracy"], a["accuracy_std"]
     m = result.metrics
+    uniform = 1.0 / m["n_classes"]
     fig = new_figure(
         title=f"Where does the {m['label']} become linearly decodable?<br>"
         f"<sup>{result.provenance.get('model_spec')}: held-out accuracy of a logistic-regression "
-        f"probe per layer, {m['n_points']} positions, CV grouped by {m['n_groups']} groups</sup>",
+        f"probe per layer, {m['n_points']} positions, CV grouped by {m['n_groups']} groups.</sup>"
+        "<br><sup>Two chances: always answering the most common class, and guessing among the "
+        f"{m['n_classes']} classes (1/{m['n_classes']}). A probe on features that carry nothing "
+        "about the label scores near the guess, below the majority rate when classes are "
+        "unbalanced.</sup>",
         xaxis_title="layer (embeddings, then each block's output)",
         yaxis_title="held-out accuracy",
         yaxis_range=[0, 1.02],
@@ -124,16 +129,24 @@ def decodability_figure(result: ProbeResult) -> go.Figure:
                 x=layers,
                 y=a["control_accuracy"],
                 mode="lines+markers",
-                name="random-init copy",
+                name="random-init copy (the floor)",
                 line={"color": "#888", "dash": "dash"},
             )
         )
-    fig.add_hline(
-        y=m["chance_accuracy"],
-        line={"dash": "dot", "color": "#b22"},
-        annotation_text=f"chance (majority class) {m['chance_accuracy']:.0%}",
-        annotation_position="bottom right",
-    )
+    for value, name, dash in (
+        (m["chance_accuracy"], f"chance: majority class {m['chance_accuracy']:.0%}", "dot"),
+        (uniform, f"chance: uniform guess 1/{m['n_classes']} = {uniform:.0%}", "dashdot"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=[layers[0], layers[-1]],
+                y=[value, value],
+                mode="lines",
+                name=name,
+                line={"dash": dash, "color": "#b22", "width": 1.5},
+                hoverinfo="name",
+            )
+        )
     peak = int(np.argmax(acc))
     fig.add_annotation(
         x=layers[peak],
@@ -141,10 +154,21 @@ def decodability_figure(result: ProbeResult) -> go.Figure:
         text=f"peak {acc[peak]:.0%}",
         showarrow=True,
         arrowhead=2,
-        ay=40,
+        ay=-30 if acc[peak] < 0.85 else 30,
         bgcolor="white",
     )
     return fig
+
+
+def explained_axis_titles(result: ProbeResult, layer: int, method: str) -> tuple[str, str]:
+    """Axis titles of one layer's map: for PCA, the share of the variance each axis explains."""
+    share = result.arrays.get(f"{method}_explained")
+    if share is None:
+        return f"{method.upper()} 1", f"{method.upper()} 2"
+    return (
+        f"PC1 · {share[layer][0]:.0%} of variance",
+        f"PC2 · {share[layer][1]:.0%}",
+    )
 
 
 def maps_figure(result: ProbeResult, method: str, colour_by: str = "label") -> go.Figure:
@@ -158,23 +182,32 @@ def maps_figure(result: ProbeResult, method: str, colour_by: str = "label") -> g
         rows=rows,
         cols=cols,
         subplot_titles=titles,
-        horizontal_spacing=0.04,
-        vertical_spacing=0.1 if rows > 1 else 0.2,
+        horizontal_spacing=0.05,
+        vertical_spacing=0.14 if rows > 1 else 0.2,
     )
     for i in range(len(layers)):
         for trace in scatter_traces(result, i, method, colour_by, legend=i == 0):
             fig.add_trace(trace, row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
-    fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
+    for i in range(len(layers)):
+        x_title, y_title = explained_axis_titles(result, i, method)
+        small = {"font": {"size": 11}, "standoff": 2}
+        fig.update_xaxes(title={"text": x_title, **small}, row=i // cols + 1, col=i % cols + 1)
+        fig.update_yaxes(title={"text": y_title, **small}, row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False, ticks="")
+    fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False, ticks="")
     fig.update_annotations(font_size=12)
+    explained = (
+        "; axes: the share of the variance each principal component explains"
+        if f"{method}_explained" in a
+        else ""
+    )
     fig.update_layout(
         template=TEMPLATE,
-        width=300 * cols + 160,
-        height=280 * rows + 120,
+        height=300 * rows + 120,
         title=f"{method.upper()} of each layer's representations, coloured by "
         f"{result.metrics['label'] if colour_by == 'label' else colour_by}<br>"
         f"<sup>{result.provenance.get('model_spec')}: {result.metrics['n_points']} labelled "
-        "positions; hover a point to see its input</sup>",
+        f"positions{explained}; hover a point to see its input</sup>",
         legend={"itemsizing": "constant"},
     )
     return fig

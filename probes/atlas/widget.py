@@ -6,7 +6,7 @@ import html
 
 import ipywidgets as widgets
 
-from probes.atlas.plots import colour_options, scatter_traces
+from probes.atlas.plots import colour_options, explained_axis_titles, scatter_traces
 from workbench.figures import new_figure
 from workbench.results import ProbeResult
 from workbench.widgets import FigureView
@@ -35,6 +35,11 @@ class AtlasExplorer(widgets.VBox):
             description="map",
             style={"button_width": "64px"},
             layout={"width": "auto"},
+            disabled=len(methods) < 2,
+            tooltip=f"only {methods[0].upper()} maps were computed: run with "
+            "methods=('pca', 'umap') to switch"
+            if len(methods) < 2
+            else "the 2-D map of each layer: PCA or UMAP",
         )
         self.colour_by = widgets.Dropdown(options=colour_options(result), description="colour by")
         self.info = widgets.HTML()
@@ -61,8 +66,9 @@ class AtlasExplorer(widgets.VBox):
             "<br><sup>hover a point to see its input</sup>",
         )
         fig.add_traces(scatter_traces(self.result, layer, method, self.colour_by.value))
-        fig.update_xaxes(showticklabels=False, zeroline=False)
-        fig.update_yaxes(showticklabels=False, zeroline=False)
+        x_title, y_title = explained_axis_titles(self.result, layer, method)
+        fig.update_xaxes(showticklabels=False, zeroline=False, title_text=x_title)
+        fig.update_yaxes(showticklabels=False, zeroline=False, title_text=y_title)
         self.view.show(fig)
         chance = self.result.metrics["chance_accuracy"]
         self.info.value = (

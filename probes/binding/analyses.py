@@ -17,7 +17,16 @@ from tqdm.auto import tqdm
 
 from probes.binding import compute
 from probes.binding.config import Config
-from probes.binding.fit import HEADLINE, Fitted, ProbeFit, Setup, distance_edges, fit_one
+from probes.binding.fit import (
+    HEADLINE,
+    Fitted,
+    Layer,
+    ProbeFit,
+    Setup,
+    attention_patterns,
+    distance_edges,
+    fit_one,
+)
 from workbench.capture import encode_inputs, hooks
 from workbench.data.scenes import Scenes
 from workbench.models import LoadedModel
@@ -167,10 +176,12 @@ def subspace(fitted: Fitted, config: Config) -> Measured:
     assert matrix is not None  # the headline probe types all have a W_s
     values, _ = compute.subspace_spectrum(matrix)
     x = fitted.features[("model", head.layer)]
-    ranks = [r for r in config.ranks if r <= x.shape[-1]]
+    ranks = [r for r in config.ranks if r <= x.dim]
     scores = []
     for r in tqdm(ranks, desc="accuracy vs rank", leave=False):
-        fit = fit_one(fitted.setup, config, "model", head.layer, "lowrank", x, rank=r)
+        fit = fit_one(
+            fitted.setup, config, "model", head.layer, "lowrank", x, rank=r, device=fitted.device
+        )
         scores.append(fit.test[HEADLINE])
     energy = np.cumsum(values**2) / max(float((values**2).sum()), 1e-12)
     metrics = {
@@ -196,7 +207,16 @@ def other_convention(fitted: Fitted, config: Config) -> Measured:
     head = fitted.best[("model", config.headline_probe)]
     other = "as_object" if config.background == "exclude" else "exclude"
     x = fitted.features[("model", head.layer)]
-    fit = fit_one(fitted.setup, config, "model", head.layer, head.kind, x, background=other)
+    fit = fit_one(
+        fitted.setup,
+        config,
+        "model",
+        head.layer,
+        head.kind,
+        x,
+        background=other,
+        device=fitted.device,
+    )
     result = {
         "background": other,
         "layer": head.layer_label,
@@ -211,19 +231,17 @@ def attention_correlation(model: LoadedModel, fitted: Fitted, config: Config) ->
     the headline probe's IsSameObject probability, per layer; and the same with distance
     partialled out (both residualised on the exact patch distance)."""
     setup = fitted.setup
-    blocks = [k for k in setup.layers if k < model.n_layers]
-    patterns = _attention_patterns(model, setup, config, blocks)
     by_layer = {f.layer: f for f in fitted.model_fits(config.headline_probe)}
     test = setup.pairs["test"]
     r, partial = [], []
     for k in setup.layers:
         fit = by_layer.get(k)
-        if k not in patterns or fit is None or fit.test_scores is None:
+        if k >= model.n_layers or fit is None or fit.test_scores is None:
             r.append(np.nan)
             partial.append(np.nan)
             continue
-        att = test.take(patterns[k])
-        prob = 1.0 / (1.0 + np.exp(-test.take(fit.test_scores).astype(np.float64)))
+        att = test.take(attention_patterns(model, fitted, k, setup.test))
+        prob = 1.0 / (1.0 + np.exp(-fit.test_scores.astype(np.float64)))
         r.append(compute.pearson(att, prob))
         partial.append(
             compute.pearson(
@@ -243,28 +261,6 @@ def attention_correlation(model: LoadedModel, fitted: Fitted, config: Config) ->
     return Measured(metrics, arrays)
 
 
-def _attention_patterns(
-    model: LoadedModel, setup: Setup, config: Config, blocks: list[int]
-) -> dict[int, np.ndarray]:
-    """Mean-over-heads attention among patch tokens of each block, on the test images."""
-    prefix = model.n_prefix_tokens
-    images = setup.data.images[setup.test]
-    store: dict[int, list[torch.Tensor]] = {k: [] for k in blocks}
-
-    def recorder(k: int) -> Callable[[torch.Tensor], None]:
-        def record(value: torch.Tensor) -> None:
-            a = value.float().mean(1)[:, prefix:, prefix:]
-            store[k].append((a + a.transpose(1, 2)) / 2)
-
-        return record
-
-    batch = encode_inputs(model, images)
-    with hooks(model, {f"blocks.{k}.attn.pattern": recorder(k) for k in blocks}):
-        for start in range(0, len(images), config.batch_size):
-            model(**{name: v[start : start + config.batch_size] for name, v in batch.items()})
-    return {k: torch.cat(v).numpy() for k, v in store.items()}
-
-
 # -- ablation ----------------------------------------------------------------------------------
 def ablation(model: LoadedModel, fitted: Fitted, config: Config) -> Measured:
     """Remove or shuffle the binding subspace at one layer; measure the model downstream against
@@ -279,18 +275,21 @@ def ablation(model: LoadedModel, fitted: Fitted, config: Config) -> Measured:
     final = next(f for f in fitted.model_fits(config.headline_probe) if f.layer == top)
     assert fit.scaler is not None and final.scaler is not None  # trained probes
     final_scaler = final.scaler
-    rank = min(config.ablation_rank, features[("model", fit.layer)].shape[-1])
+    rank = min(config.ablation_rank, features[("model", fit.layer)].dim)
     binding = compute.binding_directions(fit.probe, fit.scaler, rank)
-    centre = features[("model", fit.layer)][setup.train].reshape(-1, binding.shape[0]).mean(0)
+    centre = features[("model", fit.layer)].mean(setup.train)
     site, final_site = setup.sites[fit.layer], setup.sites[top]
-    decoder = _class_decoder(features[("model", top)], setup)
+    decoder = _class_decoder(features[("model", top)], setup, config.seed)
     test_pairs = setup.pairs["test"]
     images = setup.data.images[setup.test]
     own_truth = _own_head_truth(model, setup)
 
-    def measure(context: AbstractContextManager[Any]) -> dict[str, float]:
-        with context:
-            feats, logits = _forward_final(model, images, final_site, config.batch_size)
+    def measure(context: AbstractContextManager[Any] | None) -> dict[str, float]:
+        if context is None:  # clean, and no head to score: the extraction pass has it all
+            feats, logits = features[("model", top)].read(setup.test), None
+        else:
+            with context:
+                feats, logits = _forward_final(model, images, final_site, config.batch_size)
         scores = compute.score_pairs(final.probe, final_scaler(feats)).numpy()
         pred = test_pairs.take(scores) > 0
         out = {
@@ -303,7 +302,8 @@ def ablation(model: LoadedModel, fitted: Fitted, config: Config) -> Measured:
             out["own_head_accuracy"] = float(((logits > 0).numpy() == own_truth).mean())
         return out
 
-    conditions: dict[str, list[dict[str, float]]] = {"clean": [measure(nullcontext())]}
+    clean = measure(nullcontext() if own_truth is not None else None)
+    conditions: dict[str, list[dict[str, float]]] = {"clean": [clean]}
     runs = [("binding_remove", binding, "remove"), ("binding_shuffle", binding, "shuffle")]
     for s in range(config.ablation_random):
         d = compute.random_directions(binding.shape[0], rank, config.seed + 1000 + s)
@@ -377,22 +377,37 @@ def _own_head_truth(model: LoadedModel, setup: Setup) -> np.ndarray | None:
     return data.present()[setup.test]
 
 
-def _class_decoder(final: torch.Tensor, setup: Setup) -> Callable[[torch.Tensor], float]:
+DECODER_PATCHES = 20_000
+"""Training patches the segmentation read-out is fitted on at most (a seeded subset)."""
+
+
+def _class_decoder(final: Layer, setup: Setup, seed: int) -> Callable[[torch.Tensor], float]:
     """A per-patch linear class probe on clean final-layer features (a segmentation read-out),
     returning a function that scores test features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     tr_ids = setup.classes[setup.train]
-    mask = tr_ids > 0
-    x = final[setup.train][torch.from_numpy(mask)].numpy()
-    y = tr_ids[mask]
+    image, patch = np.nonzero(tr_ids > 0)
+    if len(image) > DECODER_PATCHES:
+        keep = np.sort(np.random.default_rng(seed).choice(len(image), DECODER_PATCHES, False))
+        image, patch = image[keep], patch[keep]
     te_ids = setup.classes[setup.test]
     te_mask = te_ids > 0
+    y = tr_ids[image, patch]
     if len(np.unique(y)) < 2 or not te_mask.any():
         return lambda feats: float("nan")
-    scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(max_iter=300, C=1.0).fit(scaler.transform(x), y)
+    rows = []
+    for chunk in final.chunks(np.unique(image)):
+        feats = final.read(setup.train[chunk])
+        picked = np.isin(image, chunk)
+        local = np.searchsorted(chunk, image[picked])
+        rows.append((np.nonzero(picked)[0], feats[torch.from_numpy(local), patch[picked]].numpy()))
+    train_x = np.empty((len(image), final.dim), np.float32)
+    for where, values in rows:
+        train_x[where] = values
+    scaler = StandardScaler().fit(train_x)
+    clf = LogisticRegression(max_iter=300, C=1.0).fit(scaler.transform(train_x), y)
 
     def score(feats: torch.Tensor) -> float:
         xs = scaler.transform(feats[torch.from_numpy(te_mask)].numpy())

@@ -9,7 +9,7 @@ the benchmark compare against.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -93,15 +93,27 @@ class Standardiser:
 
     @classmethod
     def fit(cls, x: torch.Tensor, usable: torch.Tensor) -> Standardiser:
-        rows = x[usable]
-        if rows.shape[0] < 2:
+        return cls.fit_chunks([(x, usable)])
+
+    @classmethod
+    def fit_chunks(cls, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Standardiser:
+        """From (features (B, N, d), usable (B, N)) chunks, in one streaming pass (float64 sums),
+        so the training set never needs to be in memory at once."""
+        count, total, squares = 0, None, None
+        for x, usable in chunks:
+            rows = x[usable].double()
+            count += rows.shape[0]
+            total = rows.sum(0) if total is None else total + rows.sum(0)
+            sq = (rows * rows).sum(0)
+            squares = sq if squares is None else squares + sq
+        if count < 2 or total is None or squares is None:
             raise DataError("fewer than two usable patches to standardise features on")
-        mean = rows.mean(0)
-        std = rows.std(0).clamp_min(1e-6)
-        return cls(mean, std)
+        mean = total / count
+        var = ((squares - count * mean * mean) / (count - 1)).clamp_min(0.0)
+        return cls(mean.float(), var.sqrt().float().clamp_min(1e-6))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
 # -- the probe family --------------------------------------------------------------------------
@@ -205,16 +217,35 @@ def pair_logits_loop(
     return out
 
 
-def attention_scores(queries: torch.Tensor, keys: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Mean over heads of q_i . k_j / sqrt(d_head), symmetrised: (B, N, d) x2 -> (B, N, N)."""
-    b, n, d = queries.shape
+def _per_head_scores(queries: torch.Tensor, keys: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """q_i . k_j / sqrt(d_head) per head: (B, T, d) x2 -> (B, heads, T, T)."""
+    b, t, d = queries.shape
     if d % n_heads:
         raise DataError(f"width {d} is not divisible by {n_heads} heads")
     head = d // n_heads
-    q = queries.view(b, n, n_heads, head).transpose(1, 2)
-    k = keys.view(b, n, n_heads, head).transpose(1, 2)
-    s = (q @ k.transpose(2, 3)).mean(1) / math.sqrt(head)
+    q = queries.view(b, t, n_heads, head).transpose(1, 2)
+    k = keys.view(b, t, n_heads, head).transpose(1, 2)
+    return (q @ k.transpose(2, 3)) / math.sqrt(head)
+
+
+def attention_scores(queries: torch.Tensor, keys: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Mean over heads of q_i . k_j / sqrt(d_head), symmetrised: (B, N, d) x2 -> (B, N, N)."""
+    s = _per_head_scores(queries, keys, n_heads).mean(1)
     return (s + s.transpose(1, 2)) / 2
+
+
+def attention_pattern(
+    queries: torch.Tensor, keys: torch.Tensor, n_heads: int, prefix: int
+) -> torch.Tensor:
+    """The attention weights a block computes (softmax over every token, prefix included), mean
+    over heads, among the patch tokens only and symmetrised: (B, T, d) x2 -> (B, N, N).
+
+    The same numbers a forward with eager attention returns at ``blocks.k.attn.pattern``,
+    recomputed from the block's attention input so that no second forward pass is needed.
+    """
+    weights = torch.softmax(_per_head_scores(queries, keys, n_heads), dim=-1)
+    a = weights.mean(1)[:, prefix:, prefix:]
+    return (a + a.transpose(1, 2)) / 2
 
 
 # -- fitting -----------------------------------------------------------------------------------
@@ -224,6 +255,17 @@ class FitSettings:
     max_iter: int = 30
     balanced: bool = True
     chunk: int = 64  # images per chunk of the loss (bounds memory for large grids)
+    full_batch_images: int = 256
+    """Training sets up to this many images are fitted by full-batch L-BFGS; larger ones by Adam
+    over minibatches, read as they are needed."""
+    minibatch_images: int = 32
+    epochs: int = 5
+    learning_rate: float = 0.03
+
+
+TrainingReader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]]
+"""Training images (indices into the training set) -> their standardised features (B, N, d)
+and, for the attention probe, the attention scores (B, N, N), on the fitting device."""
 
 
 def fit_probe(
@@ -237,13 +279,40 @@ def fit_probe(
     attention: torch.Tensor | None = None,
     seed: int = 0,
 ) -> PairProbe:
-    """Fit one probe by full-batch L-BFGS on binary cross-entropy over the valid pairs.
+    """``fit_probe_from`` on features held in memory (tests, benchmarks, small runs)."""
 
-    With ``balanced`` the positive pairs are weighted by (#negatives / #positives), so the
-    decision threshold logit = 0 aims at balanced accuracy rather than the majority class.
-    An L2 penalty (``l2`` x squared weights, not on the bias or scale) keeps W well-posed.
+    def read(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = torch.from_numpy(rows)
+        return x[index], None if attention is None else attention[index]
+
+    return fit_probe_from(
+        kind, x.shape[-1], read, same, valid, rank=rank, settings=settings, seed=seed
+    )
+
+
+def fit_probe_from(
+    kind: str,
+    dim: int,
+    read: TrainingReader,
+    same: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    rank: int = 8,
+    settings: FitSettings = FitSettings(),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> PairProbe:
+    """Fit one probe on binary cross-entropy over the valid pairs of the training images.
+
+    Up to ``settings.full_batch_images`` training images: full-batch L-BFGS, the images read
+    once. More: Adam over shuffled minibatches of ``settings.minibatch_images`` images for
+    ``settings.epochs`` passes,
+    each minibatch read when it is needed, so memory is bounded by the minibatch. With
+    ``balanced`` the positive pairs are weighted by (#negatives / #positives), so the decision
+    threshold logit = 0 aims at balanced accuracy rather than the majority class. An L2 penalty
+    (``l2`` x squared weights, not on the bias or scale) keeps W well-posed.
     """
-    probe = PairProbe(kind, x.shape[-1], rank=rank, seed=seed)
+    probe = PairProbe(kind, dim, rank=rank, seed=seed).to(device)
     n_pos = int(same.sum())
     n_neg = int(valid.sum()) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -255,47 +324,110 @@ def fit_probe(
     with torch.no_grad():
         probe.bias.fill_(0.0 if settings.balanced else math.log(n_pos / n_neg))
     total = float(n_neg + pos_weight * n_pos)
-    chunks = []  # per chunk of images: the slice, the valid pairs' indices, targets, weights
-    for start in range(0, x.shape[0], settings.chunk):
-        sl = slice(start, start + settings.chunk)
-        b, i, j = valid[sl].nonzero(as_tuple=True)
-        target = same[sl][b, i, j].float()
-        weight = torch.where(target > 0, pos_weight, 1.0) / total
-        chunks.append((sl, (b, i, j), target, weight))
     penalised = [p for name, p in probe.named_parameters() if name not in ("bias", "scale")]
-    optimizer = torch.optim.LBFGS(
-        list(probe.parameters()),
-        lr=1.0,
-        max_iter=settings.max_iter,
-        history_size=20,
-        tolerance_grad=1e-7,
-        tolerance_change=1e-10,
-        line_search_fn="strong_wolfe",
-    )
+    n_images = same.shape[0]
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = 0.0
-        for sl, index, target, weight in chunks:
-            att = None if attention is None else attention[sl]
-            logits = probe(x[sl], att)[index]
-            part = nn.functional.binary_cross_entropy_with_logits(
-                logits, target, weight=weight, reduction="sum"
+    def prepared(rows: np.ndarray) -> tuple:
+        """A batch of training images, with only the patches that are in some valid pair."""
+        x, att = read(rows)
+        index = torch.from_numpy(rows)
+        x, att, keep = _used_patches(x, att, valid[index])
+        pair_valid = _take_pairs(valid[index], keep)
+        b, i, j = pair_valid.nonzero(as_tuple=True)
+        target = _take_pairs(same[index], keep)[b, i, j].float().to(device)
+        weight = torch.where(target > 0, pos_weight, 1.0) / total
+        return x, att, (b.to(device), i.to(device), j.to(device)), target, weight
+
+    def loss_of(batch: tuple) -> torch.Tensor:
+        x, att, pairs, target, weight = batch
+        logits = probe(x, att)[pairs]
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits, target, weight=weight, reduction="sum"
+        )
+
+    def penalty() -> torch.Tensor:
+        squares = torch.zeros((), device=device)
+        for p in penalised:
+            squares = squares + (p**2).sum()
+        return settings.l2 * squares
+
+    if n_images <= settings.full_batch_images:
+        chunks = [
+            prepared(rows)
+            for rows in (
+                np.arange(start, min(start + settings.chunk, n_images))
+                for start in range(0, n_images, settings.chunk)
             )
-            part.backward()
-            value += part.item()
-        if penalised:
-            squares = torch.zeros(())
-            for p in penalised:
-                squares = squares + (p**2).sum()
-            penalty = settings.l2 * squares
-            penalty.backward()
-            value += penalty.item()
-        return torch.tensor(value)
+        ]
+        optimizer = torch.optim.LBFGS(
+            list(probe.parameters()),
+            lr=1.0,
+            max_iter=settings.max_iter,
+            history_size=20,
+            tolerance_grad=1e-7,
+            tolerance_change=1e-10,
+            line_search_fn="strong_wolfe",
+        )
 
-    optimizer.step(closure)
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = 0.0
+            for batch in chunks:
+                part = loss_of(batch)
+                part.backward()
+                value += part.item()
+            if penalised:
+                extra = penalty()
+                extra.backward()
+                value += extra.item()
+            return torch.tensor(value)
+
+        optimizer.step(closure)
+    else:
+        adam = torch.optim.Adam(list(probe.parameters()), lr=settings.learning_rate)
+        rng = np.random.default_rng(seed)
+        n_batches = math.ceil(n_images / settings.minibatch_images)
+        for _ in range(settings.epochs):
+            order = rng.permutation(n_images)
+            for rows in np.array_split(order, n_batches):
+                rows = np.sort(rows)
+                adam.zero_grad()
+                # each minibatch stands for the whole set: scale its sum to the full total
+                scale = n_images / len(rows)
+                loss = scale * loss_of(prepared(rows))
+                if penalised:
+                    loss = loss + penalty()
+                loss.backward()
+                adam.step()
     probe.eval()
     return probe
+
+
+def _used_patches(
+    x: torch.Tensor, att: torch.Tensor | None, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Drop patches that are in no valid pair (background, ambiguous): the bilinear form costs
+    N d^2 + N^2 d per image, so fitting on the used patches alone is several times cheaper.
+
+    Returns x (B, M, d) and att (B, M, M) over each image's used patches in their original order
+    (padded with unused ones up to the batch's largest count M), and ``keep`` (B, M), the
+    original index of each kept patch.
+    """
+    used = valid.any(-1) | valid.any(-2)  # (B, N)
+    m = max(1, int(used.sum(1).max()))
+    keep = torch.argsort((~used).to(torch.int8), dim=1, stable=True)[:, :m]
+    on = keep.to(x.device)
+    x = torch.gather(x, 1, on[..., None].expand(-1, -1, x.shape[-1]))
+    if att is not None:
+        rows = torch.arange(len(on), device=x.device)[:, None, None]
+        att = att[rows, on[:, :, None], on[:, None, :]]
+    return x, att, keep
+
+
+def _take_pairs(pairs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) pair labels restricted to the kept patches: (B, M, M)."""
+    rows = torch.arange(len(keep))[:, None, None]
+    return pairs[rows, keep[:, :, None], keep[:, None, :]]
 
 
 @torch.no_grad()
@@ -306,7 +438,7 @@ def score_pairs(
     parts = []
     for start in range(0, x.shape[0], chunk):
         att = None if attention is None else attention[start : start + chunk]
-        parts.append(probe(x[start : start + chunk], att))
+        parts.append(probe(x[start : start + chunk], att).cpu())
     return torch.cat(parts)
 
 

@@ -298,17 +298,20 @@ def subspace_figure(result: ProbeResult) -> go.Figure:
     )
     values = a["spectrum"]
     k = min(len(values), 48)
-    fig.add_trace(
-        go.Bar(
-            x=np.arange(1, k + 1),
-            y=np.abs(values[:k]),
-            marker_color=[COLORWAY[0] if v > 0 else COLORWAY[3] for v in values[:k]],
-            name="|eigenvalue| (blue +, red -)",
-            hovertemplate="direction %{x}<br>|eigenvalue| %{y:.3g}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+    direction = np.arange(1, k + 1)
+    for sign, name, colour in ((1, "positive", COLORWAY[0]), (-1, "negative", COLORWAY[3])):
+        keep = np.sign(values[:k]) == sign
+        fig.add_trace(
+            go.Bar(
+                x=direction[keep],
+                y=np.abs(values[:k][keep]),
+                marker_color=colour,
+                name=f"{name} eigenvalue",
+                hovertemplate=f"direction %{{x}}<br>{name}, |eigenvalue| %{{y:.3g}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     fig.add_trace(
         go.Scatter(
             x=a["rank_values"],
@@ -316,6 +319,7 @@ def subspace_figure(result: ProbeResult) -> go.Figure:
             mode="lines+markers",
             name="low-rank probe",
             line={"color": COLORWAY[0]},
+            showlegend=False,
         ),
         row=1,
         col=2,
@@ -344,14 +348,13 @@ def subspace_figure(result: ProbeResult) -> go.Figure:
     fig.update_yaxes(title_text="distance-matched balanced accuracy", row=1, col=2)
     fig.update_layout(
         template=TEMPLATE,
-        width=1150,
         height=440,
-        showlegend=False,
+        bargap=0.15,
         title="Does binding live in a few directions?<br><sup>Left: a fast-decaying spectrum "
-        "means W_s acts on few directions. Right: the rank at which the low-rank probe catches "
-        f"up<br>with the full one ({sub['dims_for_90pct_of_W_energy']} directions hold 90% of "
-        "W_s's energy).</sup>",
-        margin={"t": 125},
+        "means W_s acts on few directions (blue bars: positive eigenvalues, red: negative; the "
+        "bars show |eigenvalue|). Right: the rank at which the low-rank probe catches up with "
+        f"the full one ({sub['dims_for_90pct_of_W_energy']} directions hold 90% of W_s's "
+        "energy).</sup>",
     )
     return fig
 
@@ -459,25 +462,34 @@ def attention_figure(result: ProbeResult) -> go.Figure:
     fig = new_figure(
         title="Does the next block attend along object membership?<br><sup>Pearson r between the "
         "next block's attention weights (mean over heads, symmetrised) and the probe's "
-        "same-object<br>probability over held-out pairs; dashed: with the exact patch distance "
-        "partialled out of both.</sup>",
-        width=900,
+        "same-object probability over held-out pairs (solid, filled dots); partial r with the "
+        "exact patch distance partialled out of both (dashed, open diamonds). Where the two "
+        "coincide, distance explains none of the correlation.</sup>",
         height=440,
     )
-    fig.add_trace(go.Scatter(x=names, y=a["attention_r"], mode="lines+markers", name="Pearson r"))
+    fig.add_trace(
+        go.Scatter(
+            x=names,
+            y=a["attention_r"],
+            mode="lines+markers",
+            name="Pearson r",
+            line={"color": COLORWAY[0], "width": 4},
+            marker={"size": 9},
+        )
+    )
     fig.add_trace(
         go.Scatter(
             x=names,
             y=a["attention_partial_r"],
             mode="lines+markers",
             name="partial r given distance",
-            line={"dash": "dash"},
+            line={"color": COLORWAY[1], "dash": "dash", "width": 2},
+            marker={"symbol": "diamond-open", "size": 13, "line": {"width": 2}},
         )
     )
     fig.add_hline(y=0.0, line={"color": "#6B7280"})
     fig.update_xaxes(title_text="layer whose scores are compared with the next block's attention")
     fig.update_yaxes(title_text="correlation", range=[-1, 1])
-    fig.update_layout(margin={"t": 125})
     return fig
 
 
@@ -498,14 +510,24 @@ def ablation_figure(result: ProbeResult) -> go.Figure:
         "binding_shuffle": COLORWAY[1],
         "random_shuffle": COLORWAY[7],
     }
+    chance = float(ab.get("class_chance", float("nan")))
+    clean_readout = ab.get("results", {}).get("clean", {}).get("final_layer_class_accuracy")
+    below = ""
+    if clean_readout is not None and clean_readout < chance:
+        below = (
+            f" The clean read-out ({clean_readout:.2f}) is below it: a read-out whose predictions "
+            "carry no class information scores below this chance whenever the classes it favours "
+            "are rare among the test patches, so the last layer holds no patch class that a "
+            "linear read-out fitted on other images can use."
+        )
     fig = new_figure(
         title=f"Ablating the binding subspace at {ab['layer']} (rank {ab['rank']})<br>"
         "<sup>Held-out "
         "measures downstream, with the top directions of the probe's W_s removed or shuffled "
-        f"across patches,<br>against random subspaces of the same rank (mean ± sd of "
-        f"{ab['random_subspaces']}). Chance for the class read-out: "
-        f"{ab.get('class_chance', float('nan')):.2f}.</sup>",
-        width=1000,
+        f"across patches, against random subspaces of the same rank (mean ± sd of "
+        f"{ab['random_subspaces']}).</sup><br><sup>Chance for the class read-out (black "
+        f"line): {chance:.2f}, always answering the most common class of the test patches."
+        f"{below}</sup>",
         height=480,
         barmode="group",
     )
@@ -523,8 +545,19 @@ def ablation_figure(result: ProbeResult) -> go.Figure:
                 marker_color=colours.get(cond, COLORWAY[c % len(COLORWAY)]),
             )
         )
+    if "final_layer_class_accuracy" in measures and np.isfinite(chance):
+        fig.add_trace(
+            go.Scatter(
+                x=[labels["final_layer_class_accuracy"]],
+                y=[chance],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 120, "line": {"width": 3}},
+                marker_color="black",
+                name=f"class read-out chance {chance:.2f}",
+                hovertemplate="chance (most common class) %{y:.2f}<extra></extra>",
+            )
+        )
     fig.update_yaxes(title_text="score (higher = better)", range=[0, 1.02])
-    fig.update_layout(legend={"orientation": "h", "y": -0.3}, margin={"t": 125})
     return fig
 
 

@@ -12,6 +12,8 @@ distribution, so distance alone scores 0.5.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from probes.binding import analyses
@@ -28,6 +30,7 @@ from probes.binding.plots import figures
 from workbench.errors import DataError
 from workbench.models import LoadedModel
 from workbench.probe import Findings, run_frame
+from workbench.store import check_model
 from workbench.threads import torch_threads
 
 NAME = "binding"
@@ -57,6 +60,8 @@ def check(model: LoadedModel, config: Config) -> None:
             )
     if "attention" in config.probes and not model.n_heads:
         raise DataError(f"{model.spec} has no attention heads; drop attention from probes")
+    if config.store:
+        check_model(config.store, model)
 
 
 @run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
@@ -65,29 +70,38 @@ def run(model: LoadedModel, config: Config, data: Data | None) -> Findings:
     random-init controls; subspace, attention and ablation analyses of the headline probe."""
     data = data if data is not None else load_data(model, config)
     check_data(data, model)
-    with torch_threads(config.threads):
+    with torch_threads(config.threads or os.cpu_count() or 1):
         fitted = fit_all(model, config, data)
-        parts = [
-            analyses.table(fitted, config),
-            analyses.compare_controls(fitted, config),
-            analyses.subspace(fitted, config),
-            analyses.other_convention(fitted, config),
-        ]
-        if config.attention:
-            parts.append(analyses.attention_correlation(model, fitted, config))
-        if config.ablation:
-            parts.append(analyses.ablation(model, fitted, config))
-        parts += [analyses.showcase(fitted, config), analyses.dataset_facts(fitted, config)]
+        try:
+            parts = [
+                analyses.table(fitted, config),
+                analyses.compare_controls(fitted, config),
+                analyses.subspace(fitted, config),
+                analyses.other_convention(fitted, config),
+            ]
+            if config.attention:
+                parts.append(analyses.attention_correlation(model, fitted, config))
+            if config.ablation:
+                parts.append(analyses.ablation(model, fitted, config))
+            parts += [analyses.showcase(fitted, config), analyses.dataset_facts(fitted, config)]
+        finally:
+            fitted.close()
 
     metrics = {k: v for part in parts for k, v in part.metrics.items()}
     arrays: dict[str, np.ndarray] = {k: v for part in parts for k, v in part.arrays.items()}
     metrics["patch_size"] = image_geometry(model)[1]
     metrics["headline"] = [
-        "distance_matched_balanced_accuracy",
-        "best_probe",
-        "best_layer",
-        "position_control",
-        "pixel_control",
-        "beats_position_and_pixel_controls",
+        key
+        for key in (
+            "distance_matched_balanced_accuracy",
+            "best_probe",
+            "best_layer",
+            "position_control",
+            "pixel_control",
+            "beats_position_and_pixel_controls",
+        )
+        if key in metrics  # a control left out of ``controls`` has no number
     ]
-    return Findings(metrics, arrays, analyses.summary(model.spec, metrics))
+    return Findings(
+        metrics, arrays, analyses.summary(model.spec, metrics), provenance=fitted.provenance
+    )

@@ -79,6 +79,15 @@ class BindingExplorer(widgets.VBox):
             self.probe.value = str(a["job_probe"][start])
         finally:
             self._updating = False
+        source = SOURCE_NAMES[self.source.value]
+        single = {
+            self.layer: f"the {source} has one input layer: nothing to choose",
+            self.probe: f"the {source} was probed with this probe only "
+            f"({'probes' if self.source.value == 'model' else 'control_probes'})",
+        }
+        for control, why in single.items():
+            control.disabled = len(control.options) < 2
+            control.tooltip = why if control.disabled else ""
 
     def _any_row(self, source: str, layer: int) -> int:
         a = self.result.arrays

@@ -156,4 +156,12 @@ METRICS = (
         "lower",
         over="kfac_sweep_value",
     ),
+    Metric(
+        "kfac_sweep_strict",
+        "trade-off: recited verbatim against held-out perplexity (K-FAC, one point per ρ)",
+        "lower",
+        percent=True,
+        over="kfac_sweep_value",
+        against="kfac_sweep_perplexity",
+    ),
 )

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import COLORWAY, TEMPLATE, new_figure
+from workbench.figures import CELL_WIDTH, COLORWAY, TEMPLATE, new_figure
 from workbench.results import ProbeResult
 
 BASE_COLOUR = "#555555"
@@ -59,7 +59,8 @@ def spectra_figure(result: ProbeResult) -> go.Figure:
                 col=col,
             )
     fig.update_xaxes(type="log", title_text="eigenvalue rank (1 = largest)")
-    fig.update_yaxes(type="log", title_text="eigenvalue / largest", col=1)
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="eigenvalue / largest", col=1)
     fig.update_layout(
         template=TEMPLATE,
         height=470,
@@ -111,6 +112,12 @@ def mass_figure(result: ProbeResult) -> go.Figure:
     return fig
 
 
+def loose_threshold(result: ProbeResult) -> float:
+    """The similarity at or above which a continuation counts as a loose recitation."""
+    config = result.provenance.get("config") or {}
+    return float(config.get("loose_threshold", result.metrics.get("loose_threshold", 0.75)))
+
+
 def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = None) -> go.Figure:
     """Memorization against held-out perplexity for every ρ and every SVD truncation."""
     a, m = result.arrays, result.metrics
@@ -118,52 +125,55 @@ def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = Non
     fig = new_figure(
         title=_title(
             "Removing memorization: curvature edit vs SVD truncation",
-            f"{_spec(result)}: each point is one edit of the model; down and left is better. "
-            "Filled: loose recitation (similarity ≥ threshold), open: verbatim; memorized set = "
-            f"{m['memorized_set']}",
+            f"{_spec(result)}: each point is one edit of the model, labelled with its ρ (K-FAC) "
+            "or kept energy (SVD); down and left is better. Filled dots: loose recitation "
+            f"(similarity ≥ {loose_threshold(result):g}); rings: verbatim; a dot inside a ring: "
+            f"both are equal. Memorized set = {m['memorized_set']}",
         ),
         xaxis_title="held-out perplexity (lower is better)",
         yaxis_title="share of the memorized set recited",
         yaxis_range=[-0.04, 1.06],
         yaxis_tickformat=".0%",
         height=520,
-        width=1000,
-        margin={"t": 130},
     )
-    for prefix, label, colour, fmt in (
-        ("kfac", "K-FAC, ρ", KFAC_COLOUR, "{:g}"),
-        ("svd", "SVD, energy", SVD_COLOUR, "{:g}"),
+    labels: list[tuple[float, float, str, str]] = []
+    for prefix, label, colour in (
+        ("kfac", "K-FAC, ρ", KFAC_COLOUR),
+        ("svd", "SVD, energy", SVD_COLOUR),
     ):
         ppl = a[f"{prefix}_sweep_perplexity"]
         values = a[f"{prefix}_sweep_value"]
-        text = [fmt.format(v) for v in values]
-        fig.add_trace(
-            go.Scatter(
-                x=ppl,
-                y=a[f"{prefix}_sweep_loose"],
-                mode="lines+markers+text",
-                text=text,
-                textposition="top right",
-                textfont={"size": 10, "color": colour},
-                name=f"{label} (loose)",
-                line={"color": colour},
-                marker={"size": 9},
-                hovertemplate=f"{label} %{{text}}<br>perplexity %{{x:.3f}}<br>loose %{{y:.0%}}"
-                "<extra></extra>",
-            )
-        )
+        text = [f"{v:g}" for v in values]
+        # rings first, so a filled dot with the same value sits visibly inside its ring
         fig.add_trace(
             go.Scatter(
                 x=ppl,
                 y=a[f"{prefix}_sweep_strict"],
                 mode="markers",
-                name=f"{label} (verbatim)",
-                marker={"size": 9, "color": "white", "line": {"color": colour, "width": 2}},
+                name=f"{label}: verbatim (ring)",
+                marker={"size": 15, "color": "white", "line": {"color": colour, "width": 2}},
                 text=text,
                 hovertemplate=f"{label} %{{text}}<br>perplexity %{{x:.3f}}<br>verbatim %{{y:.0%}}"
                 "<extra></extra>",
             )
         )
+        fig.add_trace(
+            go.Scatter(
+                x=ppl,
+                y=a[f"{prefix}_sweep_loose"],
+                mode="lines+markers",
+                text=text,
+                name=f"{label}: loose (dot)",
+                line={"color": colour},
+                marker={"size": 8},
+                hovertemplate=f"{label} %{{text}}<br>perplexity %{{x:.3f}}<br>loose %{{y:.0%}}"
+                "<extra></extra>",
+            )
+        )
+        labels += [
+            (float(x), float(y), t, colour)
+            for x, y, t in zip(ppl, a[f"{prefix}_sweep_loose"], text, strict=True)
+        ]
     fig.add_trace(
         go.Scatter(
             x=[base_ppl],
@@ -180,7 +190,7 @@ def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = Non
                 x=[s["perplexity"]],
                 y=[s["loose_memorized"]],
                 mode="markers",
-                name=f"SVD at matched perplexity (energy {s['energy']:.5f})",
+                name=f"SVD at matched perplexity (energy {s['energy']:.3g})",
                 marker={"symbol": "diamond", "size": 13, "color": SVD_COLOUR},
             )
         )
@@ -193,7 +203,7 @@ def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = Non
                 mode="markers",
                 name="selected",
                 marker={
-                    "size": 22,
+                    "size": 24,
                     "color": "rgba(0,0,0,0)",
                     "line": {"color": "#b22", "width": 3},
                 },
@@ -206,10 +216,69 @@ def tradeoff_figure(result: ProbeResult, highlight: tuple[str, int] | None = Non
         annotation_position="right",
     )
     ppl_all = np.concatenate([a["kfac_sweep_perplexity"], a["svd_sweep_perplexity"], [base_ppl]])
-    upper = min(float(ppl_all.max()), base_ppl * 1.6)
-    fig.update_xaxes(range=[base_ppl * 0.98, upper * 1.03])
-    fig.update_layout(legend={"x": 1.02, "y": 1, "xanchor": "left"})
+    lower = float(ppl_all.min())
+    upper = max(min(float(ppl_all.max()), base_ppl * 1.6), base_ppl * 1.015)
+    pad = 0.08 * (upper - lower)
+    x_range = (lower - pad, upper + 2 * pad)
+    fig.update_xaxes(range=list(x_range))
+    obstacles = [(x, y) for x, y, _, _ in labels] + [(base_ppl, float(m["loose_before"]))]
+    for annotation in place_labels(labels, obstacles, x_range, (-0.04, 1.06)):
+        fig.add_annotation(annotation)
     return fig
+
+
+# plot-area size the label placement assumes: a figure of CELL_WIDTH by 520 px, less margins
+_PLOT_PX = (CELL_WIDTH - 110, 300)
+_LABEL_OFFSETS = ((10, 10), (10, -10), (-10, 10), (-10, -10), (0, 16), (0, -16))
+
+
+def place_labels(
+    points: list[tuple[float, float, str, str]],
+    obstacles: list[tuple[float, float]],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+) -> list[dict]:
+    """Text labels beside points, each at the first offset where it covers no marker and no
+    label placed before it; a label with no free place is left out (hovering still shows it)."""
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        fx = (x - x_range[0]) / (x_range[1] - x_range[0])
+        fy = (y - y_range[0]) / (y_range[1] - y_range[0])
+        return fx * _PLOT_PX[0], fy * _PLOT_PX[1]
+
+    markers = [to_px(x, y) for x, y in obstacles]
+    boxes: list[tuple[float, float, float, float]] = []
+    out = []
+    for x, y, text, colour in points:
+        px, py = to_px(x, y)
+        w, h = 6.5 * len(text) + 4, 14.0
+        for dx, dy in _LABEL_OFFSETS:
+            left = px + dx if dx > 0 else px + dx - w if dx < 0 else px - w / 2
+            bottom = py + dy if dy > 0 else py + dy - h if dy < 0 else py - h / 2
+            box = (left, bottom, left + w, bottom + h)
+            hits_marker = any(
+                box[0] - 6 < mx < box[2] + 6 and box[1] - 6 < my < box[3] + 6 for mx, my in markers
+            )
+            hits_label = any(
+                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes
+            )
+            if not hits_marker and not hits_label:
+                boxes.append(box)
+                out.append(
+                    {
+                        "x": x,
+                        "y": y,
+                        "text": text,
+                        "showarrow": False,
+                        "xshift": dx,
+                        "yshift": dy,
+                        "xanchor": "left" if dx > 0 else "right" if dx < 0 else "center",
+                        "yanchor": "bottom" if dy > 0 else "top" if dy < 0 else "middle",
+                        "font": {"size": 11, "color": colour},
+                    }
+                )
+                break
+    return out
 
 
 def _states(result: ProbeResult) -> list[tuple[str, str, dict]]:
@@ -235,7 +304,10 @@ def repetition_figure(result: ProbeResult) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("verbatim (distance 0)", "loose (similarity ≥ threshold)"),
+        subplot_titles=(
+            "verbatim (distance 0)",
+            f"loose (similarity ≥ {loose_threshold(result):g})",
+        ),
         horizontal_spacing=0.08,
     )
     for label, colour, state in _states(result):
@@ -405,38 +477,49 @@ def recitation_table(
         [str(a["target_text"][i]) for i in order],
     ]
     fills: list[list[str]] = [["white"] * len(order)] * 3
+    threshold = loose_threshold(result)
     for title, text, distance in columns:
         header.append(f"{title} (distance)")
         cells.append([f"{text[i]} ({distance[i]:.2f})" for i in order])
-        fills.append([_fill(distance[i], m) for i in order])
+        fills.append([_fill(distance[i], threshold) for i in order])
+    widths = [62, 100, 240] + [240] * len(columns)
     fig = go.Figure(
         go.Table(
-            columnwidth=[50, 110, 260] + [260] * len(columns),
+            columnwidth=widths,
             header={"values": header, "fill_color": "#E5E7EB", "align": "left"},
             cells={"values": cells, "fill_color": fills, "align": "left", "height": 24},
         )
     )
     fig.update_layout(
         template=TEMPLATE,
-        height=190 + 84 * len(order),
-        width=1500,
-        margin={"t": 110},
+        height=160 + _wrapped_height(cells, widths),
+        margin={"l": 10, "r": 10, "b": 10},
         title=_title(
             "Recitations before and after",
-            "greedy continuation of each sequence's prompt; green = verbatim, yellow = loose "
-            "match, white = not recited; in brackets the normalised token-level Levenshtein "
-            "distance to the true suffix",
-            width=160,
+            "greedy continuation of each sequence's prompt; green = verbatim, yellow = loose match "
+            f"(similarity ≥ {threshold:g}), white = not recited; in brackets the normalised "
+            "token-level Levenshtein distance to the true suffix",
         ),
     )
     return fig
 
 
-def _fill(distance: float, metrics: dict) -> str:
-    threshold = 1.0 - metrics.get("loose_threshold", 0.75)
+def _wrapped_height(cells: list[list[str]], widths: list[int]) -> int:
+    """Pixel height of a table's rows once plotly wraps each cell's text to its column, in a
+    table as wide as a notebook cell."""
+    scale = (CELL_WIDTH - 20) / sum(widths)
+    per_line = [max(4, int(w * scale / 7.4)) for w in widths]
+    total = 0
+    for row in zip(*cells, strict=True):
+        lines = max(len(textwrap.wrap(text, per_line[c]) or [""]) for c, text in enumerate(row))
+        total += 12 + 19 * lines
+    return total
+
+
+def _fill(distance: float, threshold: float) -> str:
     if distance == 0:
         return "#C6F6D5"
-    if distance <= threshold:
+    if 1.0 - distance >= threshold:
         return "#FEF3C7"
     return "white"
 

@@ -445,21 +445,45 @@ def read_share_by_role_figure(result: ProbeResult) -> go.Figure:
     a = result.arrays
     share = a["read_share_by_role"]  # (S, R)
     steps = [f"step {t}" for t in range(share.shape[0])]
+    groups = coinciding(share.T, tolerance=0.005)
+    note = ""
+    if any(len(g) > 1 for g in groups):
+        note = "; roles whose lines coincide (within 0.005) are drawn as one line, named together"
     fig = new_figure(
         title="Working- vs long-term memory reads, by kind of query token<br><sup>mean share "
-        "of the integrated read from WM over stories; dashed: equal shares</sup>",
+        f"of the integrated read from WM over stories; dashed: equal shares{note}</sup>",
         xaxis_title="memory step",
         yaxis_title="share from working memory",
         yaxis_range=[0, 1],
     )
-    for j, role in enumerate(a["roles"].tolist()):
+    roles = a["roles"].tolist()
+    for group in groups:
+        j = group[0]
         fig.add_trace(
             go.Scatter(
-                x=steps, y=share[:, j], mode="lines+markers", name=role, line={"color": COLORWAY[j]}
+                x=steps,
+                y=share[:, j],
+                mode="lines+markers",
+                name=" = ".join(roles[k] for k in group),
+                line={"color": COLORWAY[j % len(COLORWAY)]},
             )
         )
     fig.add_hline(y=0.5, line_dash="dash", line_color="black")
     return fig
+
+
+def coinciding(series: np.ndarray, tolerance: float = 1e-3) -> list[list[int]]:
+    """Rows of ``series`` grouped by equality within ``tolerance``, in first-seen order: lines
+    that would be drawn over each other, so a reader can be told instead of seeing one."""
+    groups: list[list[int]] = []
+    for i, row in enumerate(series):
+        for group in groups:
+            if np.allclose(row, series[group[0]], atol=tolerance, rtol=0, equal_nan=True):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def correction_figure(
@@ -477,7 +501,9 @@ def correction_figure(
         tokens,
         title=f"Correction attention at step {step}<br><sup>each token's long-term-memory read "
         "(row) looks up the working-memory reads of the tokens (columns); rows sum to 1; heads "
-        f"averaged</sup><br><sup>{example_caption(result, story)}</sup>",
+        f"averaged; colour scale from 0 (uniform attention: 1/{len(tokens)} = "
+        f"{1 / len(tokens):.3f}; here {w.min():.3f} to {w.max():.3f})</sup>"
+        f"<br><sup>{example_caption(result, story)}</sup>",
         colorbar_title="attention",
         hover_value="attention",
         zmin=0.0,

@@ -122,7 +122,8 @@ def run(model: LoadedModel, config: Config, data: list[Story] | None) -> Finding
     sites += [f"steps.{t}.{s}" for t in range(n_steps) for s in STEP_SITES]
     truth = np.array([ANSWERS.index(s.answer) for s in stories])
     tasks = [s.task for s in stories]
-    cache = capture(model, batch, sites, batch_size=config.batch_size)
+    # float32 whatever the model's dtype: the analyses below run in numpy (no bfloat16)
+    cache = capture(model, batch, sites, batch_size=config.batch_size, dtype=torch.float32)
     try:
         pred = cache["logits"].argmax(-1).numpy()
         per_story = _per_story(cache, stories, n_steps)

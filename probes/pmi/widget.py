@@ -162,7 +162,8 @@ class PMIExplorer(widgets.VBox):
                 x=list(range(len(tokens))),
                 y=list(range(w.shape[0])),
                 colorscale="Viridis",
-                zmin=0,
+                zmin=0,  # a distribution: the scale starts at 0 (plotly needs both bounds)
+                zmax=max(float(w.max()), 1e-9),
                 colorbar={"title": {"text": "write weight"}},
                 customdata=np.tile(np.array(labels), (w.shape[0], 1)),
                 hovertemplate="slot %{y} ← %{customdata}<br>%{z:.3f}<extra></extra>",

@@ -117,13 +117,13 @@ class Reweaving(nn.Module):
 
     def reconstruct(self, states: list[torch.Tensor]) -> torch.Tensor:
         """``r = sum_l w_l LN(h_l)`` over the source states (each (batch, seq, d))."""
-        w = self.weights().to(states[0].dtype)
-        start = torch.zeros((), dtype=w.dtype)
+        w = self.weights().to(states[0].device, states[0].dtype)
+        start = torch.zeros((), dtype=w.dtype, device=w.device)
         return sum((w[i] * layer_norm(h) for i, h in enumerate(states)), start)
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
         """``P r = p * r + b``: the reconstruction at the destination's scale."""
-        return r * self.scale.to(r.dtype) + self.bias.to(r.dtype)
+        return r * self.scale.to(r.device, r.dtype) + self.bias.to(r.device, r.dtype)
 
     def memory_state(
         self,
@@ -155,15 +155,15 @@ class Reweaving(nn.Module):
     ) -> torch.Tensor:
         """``m_t = sum_s softmax_s(q_t . k_s / sqrt(d)) P r_s`` over the allowed positions."""
         dtype = h.dtype
-        q = layer_norm(h) @ self.w_query.to(dtype)
-        k = r @ self.w_key.to(dtype)
+        q = layer_norm(h) @ self.w_query.to(h.device, dtype)
+        k = r @ self.w_key.to(h.device, dtype)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_model)
         allowed = torch.ones(scores.shape[-2:], dtype=torch.bool, device=h.device)
         if causal:
             allowed = torch.tril(allowed)
         allowed = allowed[None]
         if key_mask is not None:
-            allowed = allowed & key_mask.bool()[:, None, :]
+            allowed = allowed & key_mask.to(h.device).bool()[:, None, :]
         scores = scores.masked_fill(~allowed, torch.finfo(dtype).min)
         attn = torch.softmax(scores, dim=-1)
         return attn @ self.project(r)

@@ -51,7 +51,9 @@ def recall_figure(result: ProbeResult) -> go.Figure:
                     name=CONDITION_NAMES[cond],
                     legendgroup=cond,
                     showlegend=k == 0,
-                    line={"color": CONDITION_COLOURS[cond], "width": 2.5 if cond == "base" else 2},
+                    # the base line is wider and drawn first: a reweaving that matches it shows
+                    # as a coloured line inside a black one
+                    line={"color": CONDITION_COLOURS[cond], "width": 6 if cond == "base" else 2},
                     hovertemplate=f"{CONDITION_NAMES[cond]}<br>length %{{x}}: %{{y:.1%}}"
                     "<extra></extra>",
                 ),

@@ -32,7 +32,7 @@ class ReweaveExplorer(widgets.VBox):
     ``highlight(i)`` does the same from Python.
     """
 
-    def __init__(self, result: ProbeResult, model: LoadedModel, *, map_size: int = 430) -> None:
+    def __init__(self, result: ProbeResult, model: LoadedModel, *, map_size: int = 310) -> None:
         self.result = result
         self.model = model
         a = result.arrays
@@ -90,7 +90,8 @@ class ReweaveExplorer(widgets.VBox):
                 self.info,
                 widgets.HTML("<b>tokens</b> (hover one to follow its attention row)"),
                 self.token_row,
-                widgets.HBox(list(self.maps.values())),
+                # the maps wrap onto a second row where the cell is too narrow for three
+                widgets.Box(list(self.maps.values()), layout={"flex_flow": "row wrap"}),
                 self.head_view,
             ]
         )
@@ -141,15 +142,35 @@ class ReweaveExplorer(widgets.VBox):
             self._map_figures[name] = fresh
         self._draw_head_view()
         self._mark_row()
+        before = self.layer.value < self.op.target
+        for control in (self.gate, self.which):  # they cannot change a layer before the target
+            control.disabled = before
+            control.tooltip = (
+                f"layer {self.layer.value} comes before the injection at block "
+                f"{self.op.target}: pick a later layer to see the reweaving act"
+                if before
+                else ""
+            )
         head = "mean of heads" if self.head.value == MEAN_HEAD else f"head {self.head.value}"
         self.info.value = (
-            f"<b>layer {self.layer.value}, {head}</b>: {html.escape(self.op.describe())}; gate "
-            f"{self.gate.value:.2f}. Largest change of a weight: {span:.3f}."
+            f"<b>layer {self.layer.value}, {head}</b>: {html.escape(self.describe())}. Largest "
+            f"change of a weight: {span:.3f}."
             + (
                 ""
                 if self.layer.value >= self.op.target
                 else " (this layer is before the injection, so it cannot change)"
             )
+        )
+
+    def describe(self) -> str:
+        """The reweaving on screen, with the one gate in use: the slider's."""
+        op = self.op
+        weights = ", ".join(
+            f"{layer}: {w:.2f}" for layer, w in zip(op.sources, op.weights().tolist(), strict=True)
+        )
+        return (
+            f"{self.which.value} reweaving, sources {{{weights}}} → block {op.target}, read "
+            f"{op.read}, gate {self.gate.value:.2f} (set by the slider)"
         )
 
     def _draw_head_view(self) -> None:

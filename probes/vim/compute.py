@@ -13,8 +13,6 @@ difference of cumulative sums. Every exponent used below is ≤ 0, so nothing ov
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -27,26 +25,29 @@ def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _pad_positions(t: torch.Tensor, pad: int, value: float | None = None) -> torch.Tensor:
-    """Pad dim 1 by ``pad`` positions with zeros, or by repeating the last one (value None)."""
-    if pad == 0:
-        return t
-    tail = (
-        t[:, -1:].expand(-1, pad, *t.shape[2:])
-        if value is None
-        else t.new_zeros(t.shape[0], pad, *t.shape[2:])
-    )
-    return torch.cat([t, tail], dim=1)
+EXPONENT_LIMIT = 80.0
+"""Largest |A| x (sum of Δ) a block may span: its factors stay below exp(80) ~ 5e34, far from
+float32's limit, while a block holds as many positions as the decays allow."""
 
 
-ATTENTION_PASS_ELEMENTS = 2**24
-"""Channels per pass of ``hidden_attention`` are chosen so that its largest intermediate holds
-about this many numbers (64 MiB in float32)."""
-
-
-def default_block(length: int) -> int:
-    """Positions per block: about sqrt(L), which balances the two parts of the computation."""
-    return max(4, min(32, round(math.sqrt(length))))
+def scan_blocks(
+    S: torch.Tensor, A: torch.Tensor, limit: float = EXPONENT_LIMIT, block: int | None = None
+) -> list[tuple[int, int]]:
+    """Consecutive position blocks [start, stop) over which max_e |A_e| (S_last − S_first)
+    stays within ``limit`` (a single position always qualifies), at most ``block`` long."""
+    L = S.shape[1]
+    rate = A.abs().amax(-1).double()  # (E,): the fastest decay of each channel
+    scaled = (S.double() * rate).cpu()  # (batch, L, E)
+    blocks = []
+    start = 0
+    while start < L:
+        stop = L if block is None else min(L, start + block)
+        span = (scaled[:, start:stop] - scaled[:, start : start + 1]).amax(dim=(0, 2))
+        over = torch.nonzero(span > limit)
+        stop = start + int(over[0]) if len(over) else stop
+        blocks.append((start, stop))
+        start = stop
+    return blocks
 
 
 def hidden_attention(
@@ -56,80 +57,50 @@ def hidden_attention(
     C: torch.Tensor,
     *,
     block: int | None = None,
-    channels_per_pass: int | None = None,
 ) -> torch.Tensor:
-    """α (batch, E, L, L) for one scan direction, vectorised with cumulative sums of Δ.
+    """α (batch, E, L, L) for one scan direction, as one batched matrix product per block.
 
-    Positions are split into blocks of ``block``. Inside a diagonal block the decays
-    exp(A (S_i − S_j)) are formed directly; between blocks they factor through the block
-    boundaries, exp(A (S_i − S_r)) · exp(A (S_r − S_e)) · exp(A (S_e − S_j)) with r the end of the
-    block before i's and e the end of j's block, so the off-diagonal part is a batched matrix
-    product over the N states, and every exponent is ≤ 0. Channels are processed
-    ``channels_per_pass`` at a time to bound memory.
+    The decay between positions factors through a reference R, exp(A (S_i − S_j)) =
+    exp(A (S_i − R)) · exp(A (R − S_j)), so α over rows i of a block and every column j is a
+    product over the N states of P_i = C_i exp(A (S_i − R)) and Q_j = B_j Δ_j exp(A (R − S_j)):
+    the same E x L x L x N multiply-adds as one einsum, done only below the diagonal. R is the S
+    of the block's last position, so every Q exponent is ≤ 0 and every P exponent lies within
+    ``EXPONENT_LIMIT``, which sets how long a block can be (``scan_blocks``; ``block`` caps it).
+    Nothing overflows however long the memory or fast the decay.
     """
     _check_scan_inputs(delta, A, B, C)
-    batch, L, E = delta.shape
-    T = block or default_block(L)
-    n_blocks = math.ceil(L / T)
-    # The largest intermediates hold batch x padded L x channels x N numbers (times 2).
-    per_channel = 2 * batch * n_blocks * T * A.shape[1]
-    step = min(E, channels_per_pass or max(1, ATTENTION_PASS_ELEMENTS // per_channel))
-    parts = [
-        _hidden_attention_channels(delta[..., c : c + step], A[c : c + step], B, C, T)
-        for c in range(0, E, step)
-    ]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def _hidden_attention_channels(
-    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, T: int
-) -> torch.Tensor:
     dtype = _work_dtype(delta, A, B, C)
     batch, L, E = delta.shape
-    N = A.shape[-1]
-    nb = math.ceil(L / T)
-    P = nb * T
-    A = A.to(dtype)
-    S = _pad_positions(torch.cumsum(delta.double(), dim=1), P - L)  # Δ = 0 in the padding
-    d = _pad_positions(delta.to(dtype), P - L, 0.0)
-    Bp = _pad_positions(B.to(dtype), P - L, 0.0)
-    Cp = _pad_positions(C.to(dtype), P - L, 0.0)
-    alpha = torch.zeros(batch, E, P, P, dtype=dtype, device=delta.device)
-
-    # Across blocks: ``state`` (batch, E, source j, N) holds each earlier source's contribution
-    # to the state at the current block boundary, decayed to there; block I's rows read it
-    # through C_i exp(A (S_i − S_boundary)).
-    Sb = S.view(batch, nb, T, E)
-    ends = Sb[:, :, -1]  # S at the last position of each block
-    refs = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)  # S before each block
-    left = Cp.view(batch, nb, T, 1, N) * torch.exp(
-        ((Sb - refs[:, :, None]).to(dtype))[..., None] * A
-    )  # (batch, nb, T, E, N)
-    right = (Bp[:, :, None, :] * d[..., None]).view(batch, nb, T, E, N) * torch.exp(
-        ((ends[:, :, None] - Sb).to(dtype))[..., None] * A
-    )  # B_j Δ_j exp(A (S_block-end − S_j))
-    through = torch.exp(((ends - refs).to(dtype))[..., None] * A)  # whole-block decay (b, nb, E, N)
-    state = torch.zeros(batch, E, P, N, dtype=dtype, device=delta.device)
-    for block in range(nb):
-        start, stop = block * T, (block + 1) * T
-        if block:
-            rows = left[:, block].transpose(1, 2)  # (batch, E, T, N)
-            earlier = state[:, :, :start].flatten(0, 1)  # (batch E, start, N)
-            product = torch.bmm(rows.flatten(0, 1), earlier.transpose(1, 2))
-            alpha[:, :, start:stop, :start] = product.view(batch, E, T, start)
-            state[:, :, :start] *= through[:, block, :, None, :]
-        state[:, :, start:stop] = right[:, block].transpose(1, 2)
-
-    # Near the diagonal (i − j < T, which covers every pair inside a block), one offset
-    # k = i − j at a time: exp(A (S_i − S_{i−k})) summed over states with C_i B_j.
-    for k in range(T):
-        gap = (S[:, k:] - S[:, : P - k]).to(dtype)  # (batch, P − k, E), ≥ 0
-        decay = torch.exp_(gap[..., None] * A)  # (batch, P − k, E, N)
-        cb = Cp[:, k:] * Bp[:, : P - k]  # C_i B_j: (batch, P − k, N)
-        weight = torch.bmm(decay.view(-1, E, N), cb.reshape(-1, N, 1)).view(gap.shape)
-        band = torch.diagonal(alpha, offset=-k, dim1=-2, dim2=-1)  # (batch, E, P − k)
-        band.copy_((weight * d[:, : P - k]).transpose(1, 2))
-    return alpha[:, :, :L, :L]
+    N = A.shape[1]
+    S = torch.cumsum(delta.double(), dim=1).transpose(1, 2)  # (batch, E, L)
+    rates = A.to(dtype)[None, :, None, :]  # (1, E, 1, N)
+    drive = B.to(dtype)[:, None] * delta.to(dtype).transpose(1, 2)[..., None]  # (b, E, L, N)
+    Cv = C.to(dtype)[:, None]  # (batch, 1, L, N)
+    alpha = torch.empty(batch, E, L, L, dtype=dtype, device=delta.device)
+    # Q_j for the current reference; moving the reference on multiplies the earlier columns by
+    # exp(A (R_new − R_old)) ≤ 1 instead of recomputing their exponentials.
+    cols = torch.empty(batch, E, L, N, dtype=dtype, device=delta.device)
+    previous = None
+    for start, stop in scan_blocks(S.transpose(1, 2), A, block=block):
+        ref = S[:, :, stop - 1 : stop]  # (batch, E, 1)
+        if previous is not None:
+            cols[:, :, :start] *= torch.exp((ref - previous).to(dtype)[..., None] * rates)
+        cols[:, :, start:stop] = drive[:, :, start:stop] * torch.exp(
+            (ref - S[:, :, start:stop]).to(dtype)[..., None] * rates
+        )
+        previous = ref
+        rows = Cv[:, :, start:stop] * torch.exp(
+            (S[:, :, start:stop] - ref).to(dtype)[..., None] * rates
+        )
+        out = alpha[:, :, start:stop, :stop].view(batch * E, stop - start, stop)
+        torch.bmm(
+            rows.reshape(batch * E, stop - start, N),
+            cols[:, :, :stop].view(batch * E, stop, N).transpose(1, 2),
+            out=out,
+        )
+        alpha[:, :, start:stop, start:stop].tril_()  # inside the block: j ≤ i only
+        alpha[:, :, start:stop, stop:] = 0
+    return alpha
 
 
 def hidden_attention_pairwise(

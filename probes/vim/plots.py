@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import textwrap
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -21,30 +18,6 @@ MAP_TITLES = {
     "rollout": "rollout of hidden attention",
     "attribution": "attribution: rollout × positive gradient",
 }
-
-
-def wrap_title(fig: go.Figure) -> go.Figure:
-    """Break the ``<sup>`` note of a title into lines that fit the figure, and make room for it."""
-    text = fig.layout.title.text or ""
-    found = re.match(r"(?s)(.*?)<br><sup>(.*)</sup>$", text)
-    if not found:
-        return fig
-    main, note = found.groups()
-    width = fig.layout.width or 800
-    lines = textwrap.wrap(note, max(40, int(width / 6.8)))
-    extra = 24 if fig.layout.annotations else 0  # room for subplot titles
-    fig.update_layout(
-        title={
-            "text": f"{main}<br><sup>{'<br>'.join(lines)}</sup>",
-            "y": 1.0,
-            "yref": "container",
-            "yanchor": "top",
-            "pad": {"t": 14},
-        },
-        margin_t=56 + 22 * len(lines) + extra,
-        height=(fig.layout.height or 450) + 22 * max(0, len(lines) - 1) + extra,
-    )
-    return fig
 
 
 def _spec(result: ProbeResult) -> str:
@@ -449,7 +422,8 @@ def attention_matrix_figure(
         height=560,
         coloraxis={
             "colorscale": "Inferno",
-            "cmin": -6,
+            "cmin": -6,  # plotly ignores a lone cmin: the top comes from the data
+            "cmax": float(np.log10(max(float(a["attention"][image, layer].max()), 1e-6))),
             "colorbar": {"title": {"text": "log10 mean |α|"}},
         },
         title=f"Hidden attention of layer {layer} (scene {image})<br><sup>{_spec(result)}: "
@@ -474,7 +448,7 @@ def figures(result: ProbeResult) -> dict[str, go.Figure]:
         out["branch_ablation"] = ablation_figure(result)
     if "vit_rollout_map" in result.arrays:
         out["side_by_side"] = side_by_side(result)
-    return {name: wrap_title(_tidy(fig)) for name, fig in out.items()}
+    return {name: _tidy(fig) for name, fig in out.items()}
 
 
 def _tidy(fig: go.Figure) -> go.Figure:

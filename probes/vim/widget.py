@@ -99,14 +99,41 @@ class VimExplorer(widgets.VBox):
                 f"what patch {patch} reads in layer {layer} ({where})"
             )
         if view == "raw":
-            row = a["raw_layer_rows"][m, layer]
+            k = self.direction.value
+            if k == "both":
+                row = a["raw_layer_rows"][m, layer]
+            else:  # the class token's own row of this scan's hidden attention
+                scan = DIRECTIONS.index(k)
+                row = compute.row_normalise(a["attention"][m, layer, scan, self.cls_index])
+            where = "both scans" if k == "both" else DIRECTION_NAMES[k]
             return compute.patch_scores(row, self.cls_index), (
-                f"class token's hidden attention, layer {layer}"
+                f"class token's hidden attention, layer {layer} ({where})"
             )
-        return a[f"{view}_map"][m], f"class token: {view}"
+        return a[f"{view}_map"][m], f"class token: {view} (all layers from "
+        f"{self.result.metrics['rollout_start']}, both scans)"
+
+    def _enable_controls(self) -> None:
+        """Rollout and attribution aggregate layers and scans: their layer and scan controls
+        would do nothing, so they are disabled and say why."""
+        aggregate = self.view.value in ("rollout", "attribution")
+        start = self.result.metrics["rollout_start"]
+        self.layer.disabled = self.direction.disabled = aggregate
+        self.layer.tooltip = (
+            f"{self.view.value} combines every layer from {start} on: pick raw or clicked patch "
+            "to choose a layer"
+            if aggregate
+            else "layer whose hidden attention is shown"
+        )
+        self.direction.tooltip = (
+            f"{self.view.value} averages both scans: pick raw or clicked patch to choose one"
+            if aggregate
+            else "which scan's hidden attention is shown"
+        )
+        self.picker.outline = self.view.value == PATCH_ROW  # the outline marks the clicked patch
 
     def redraw(self) -> None:
         a = self.result.arrays
+        self._enable_controls()
         scores, title = self.scores()
         self.picker.show(
             scores,

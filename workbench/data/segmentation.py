@@ -1,7 +1,8 @@
 """Real instance-segmentation data a user has on disk: ADE20K and COCO-style annotations.
 
-Nothing is downloaded: point the loaders at the folders you have. Every image is resized so its
-shorter side is ``size`` (bicubic) and centre-cropped to ``size`` x ``size``; its masks go through
+Nothing is downloaded: point the loaders at the folders you have. Every image goes through the
+model's own preprocessing (``Preprocessing.of_model``: its processor's resize and centre crop;
+an int ``size`` means shorter side to ``size``, centre crop, bicubic); its masks go through
 exactly the same resize (nearest neighbour, so ids are never blended) and crop, so they stay
 aligned with the model's patches. Ids follow one convention for every source:
 
@@ -22,9 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.data.images import Preprocessing, read_rgb, resize_nearest
 from workbench.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+__all__ = [
+    "IGNORE",
+    "SegmentationSet",
+    "decode_segmentation",
+    "load_ade20k",
+    "load_coco",
+    "prepare",
+    "resize_nearest",
+    "rle_counts_from_string",
+]
+
 IGNORE = -1
 """Instance id of regions that must not be used (COCO crowds)."""
 
@@ -44,61 +56,19 @@ class SegmentationSet:
 
 
 # -- geometry ----------------------------------------------------------------------------------
-def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """(height, width) after scaling the shorter side to ``size`` (the longer side rounded)."""
-    if height <= width:
-        return size, max(size, round(width * size / height))
-    return max(size, round(height * size / width)), size
-
-
-def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize with pixel-centre alignment (as PIL and torch "nearest-exact").
-
-    Output pixel ``i`` takes input pixel ``floor((i + 0.5) * in / out)``, so ids are copied,
-    never interpolated.
-    """
-    h, w = mask.shape[:2]
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return mask[rows[:, None], cols[None, :]]
-
-
-def centre_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
-    """Top-left corner (top, left) of the central ``size`` x ``size`` crop."""
-    return (height - size) // 2, (width - size) // 2
-
-
 def prepare(
-    image: np.ndarray, masks: Sequence[np.ndarray], size: int
+    image: np.ndarray, masks: Sequence[np.ndarray], size: int | Preprocessing
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Resize (bicubic image, nearest masks) and centre-crop an image and its masks alike."""
-    from PIL import Image
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"an image must be (H, W, 3) RGB; got shape {image.shape}")
-    h, w = image.shape[:2]
-    for m in masks:
-        if m.shape[:2] != (h, w):
-            raise DataError(
-                f"a mask of shape {m.shape[:2]} does not match its image of shape {(h, w)}; "
-                "masks must be at the image's own resolution"
-            )
-    new_h, new_w = resized_shape(h, w, size)
-    top, left = centre_crop_box(new_h, new_w, size)
-    resized = Image.fromarray(image.astype(np.uint8)).resize(
-        (new_w, new_h), Image.Resampling.BICUBIC
-    )
-    out_image = np.asarray(resized)[top : top + size, left : left + size]
-    out_masks = [
-        resize_nearest(m, new_h, new_w)[top : top + size, left : left + size] for m in masks
-    ]
-    return np.ascontiguousarray(out_image), [np.ascontiguousarray(m) for m in out_masks]
+    """Resize (the image with its filter, masks nearest) and centre-crop an image and its masks
+    alike: with the model's own ``Preprocessing``, or an int for shorter side to ``size`` and a
+    ``size`` x ``size`` centre crop (bicubic)."""
+    prep = size if isinstance(size, Preprocessing) else Preprocessing.square(size)
+    return prep.apply(image, masks)
 
 
 # -- ADE20K ------------------------------------------------------------------------------------
 def load_ade20k(
-    root: str | Path, *, size: int, split: str = "validation", n: int | None = None
+    root: str | Path, *, size: int | Preprocessing, split: str = "validation", n: int | None = None
 ) -> SegmentationSet:
     """ADE20K instances from either folder layout the dataset ships in.
 
@@ -143,8 +113,8 @@ def load_ade20k(
     pairs = pairs[:n] if n is not None else pairs
     images, instances, classes = [], [], []
     for image_path, mask_path in pairs:
-        image = _read_rgb(image_path)
-        inst, cls = decode(_read_rgb(mask_path))
+        image = read_rgb(image_path)
+        inst, cls = decode(read_rgb(mask_path))
         image, (inst, cls) = prepare(image, [inst, cls], size)
         images.append(image)
         instances.append(inst)
@@ -187,7 +157,7 @@ def load_coco(
     images_dir: str | Path,
     annotations: str | Path,
     *,
-    size: int,
+    size: int | Preprocessing,
     n: int | None = None,
 ) -> SegmentationSet:
     """Instances from a COCO-style ``instances_*.json`` (polygons or RLE) and its image folder.
@@ -221,7 +191,7 @@ def load_coco(
         path = images_dir / entry["file_name"]
         if not path.is_file():
             raise DataError(f"{path} is listed in {annotations.name} but missing on disk")
-        image = _read_rgb(path)
+        image = read_rgb(path)
         h, w = image.shape[:2]
         inst = np.zeros((h, w), np.int32)
         cls = np.zeros((h, w), np.int32)
@@ -303,10 +273,3 @@ def rle_counts_from_string(counts: str | bytes) -> list[int]:
             value += runs[-2]
         runs.append(value)
     return runs
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import DataError, SiteError
+from workbench.devices import StoredTensor, dtype_name, execution_device, stored_tensor
+from workbench.errors import DataError, DeviceError, SiteError
 
 FAMILIES = ("vit", "causal-lm", "encoder", "vim", "pmi")
 """Families the loader knows: Hugging Face ones, and the workbench's own (``vim``, ``pmi``)."""
@@ -105,6 +106,12 @@ class LoadedModel:
     weights: dict[str, Weight] = field(default_factory=dict)
     head_labels: tuple[str, ...] | None = None
     """Names of the classification head's outputs, in order; None when there is no head."""
+    device_map: dict[str, str] | None = None
+    """accelerate's map from module to device, ``cpu`` or ``disk`` when the model was loaded with
+    a ``device_map``; None when it sits whole on ``device``."""
+    load_report: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    """Checkpoint weights the model did not use (``unused``) and model weights the checkpoint did
+    not hold, so initialised at random (``initialised``)."""
     _digest: str | None = field(default=None, repr=False)
 
     # -- sites ---------------------------------------------------------------------------------
@@ -134,29 +141,44 @@ class LoadedModel:
 
     # -- weights -------------------------------------------------------------------------------
     def weight(self, name: str) -> torch.Tensor:
-        """The (out, in) matrix ``name`` as a view of the parameter: edits write through."""
+        """The (out, in) matrix ``name`` as a view of the parameter: edits write through.
+
+        A weight that accelerate keeps offloaded (CPU RAM or disk, with a meta placeholder in
+        the module) is read from where it is stored, on the device its module runs on; writing
+        to that copy changes nothing, so change weights with ``workbench.edited``.
+        """
+        return self.weight_view(name, self.stored(name).read())
+
+    def weight_view(self, name: str, whole: torch.Tensor) -> torch.Tensor:
+        """Matrix ``name`` (out, in) inside ``whole``, a tensor shaped like its parameter."""
         self._check_weight(name)
         w = self.weights[name]
-        matrix: torch.Tensor = self.parameter(name)
-        matrix = matrix.T if w.transposed else matrix
+        matrix = whole.T if w.transposed else whole
         if w.rows is not None:
             matrix = matrix[w.rows[0] : w.rows[1]]
         return matrix
 
     def parameter(self, name: str) -> nn.Parameter:
         """The whole parameter holding weight ``name`` (a fused QKV matrix holds three names):
-        what an exact save and restore, or ``requires_grad``, works on."""
+        what ``requires_grad`` works on. A meta placeholder when accelerate offloads it."""
         self._check_weight(name)
         w = self.weights[name]
         return getattr(self.model.get_submodule(w.module), w.param)
+
+    def stored(self, name: str) -> StoredTensor:
+        """Where the parameter holding weight ``name`` keeps its values (in the module, or in
+        accelerate's offload map): what an exact save and restore works on."""
+        self._check_weight(name)
+        w = self.weights[name]
+        return stored_tensor(self.model, w.module, w.param)
 
     def bias(self, name: str) -> torch.Tensor | None:
         """The bias added after matrix ``name`` (its rows of a fused one), or None."""
         self._check_weight(name)
         w = self.weights[name]
-        bias = getattr(self.model.get_submodule(w.module), "bias", None)
-        if bias is None or w.param != "weight":
+        if w.param != "weight" or getattr(self.model.get_submodule(w.module), "bias", None) is None:
             return None
+        bias = stored_tensor(self.model, w.module, "bias").read()
         return bias if w.rows is None else bias[w.rows[0] : w.rows[1]]
 
     def _check_weight(self, name: str) -> None:
@@ -261,8 +283,9 @@ class LoadedModel:
             kwargs.setdefault("use_cache", False)
         if "noise" in self.extra_forward_kwargs:
             # ViTMAE: increasing noise keeps the patch order with masking off.
-            n = batch["pixel_values"].shape[0]
-            kwargs["noise"] = self.extra_forward_kwargs["noise"].expand(n, -1)
+            pixels = batch["pixel_values"]
+            noise = self.extra_forward_kwargs["noise"].to(pixels.device)
+            kwargs["noise"] = noise.expand(pixels.shape[0], -1)
         return kwargs
 
     def __call__(self, **batch: torch.Tensor) -> Any:
@@ -286,18 +309,40 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Where inputs go: the device of the input embedding (the first parameter otherwise).
 
-        A model split across devices takes its inputs where its first layer lives; probes put
-        the tensors they fit (probe weights, factors) here too.
+        A model split across devices takes its inputs where its first layer runs (also when
+        accelerate offloads that layer's weights); probes put the tensors they fit (probe
+        weights, factors) here too.
         """
         embeddings = getattr(self.model, "get_input_embeddings", None)
         module = embeddings() if callable(embeddings) else None
         for source in (module, self.model):
             if source is None:
                 continue
+            placed = execution_device(source)
+            if placed is not None:
+                return placed
             for tensor in (*source.parameters(), *source.buffers()):
                 if tensor.device.type != "meta":
                     return tensor.device
         return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype most of the parameters are in (what captures come back in by default)."""
+        counts: dict[torch.dtype, int] = {}
+        for p in self.model.parameters():
+            if p.is_floating_point():
+                counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+        return max(counts, key=counts.__getitem__) if counts else torch.float32
+
+    def placement(self) -> dict[str, Any]:
+        """Device, dtype, device map and backend: how this model was placed, for provenance."""
+        return {
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "device_map": dict(self.device_map) if self.device_map is not None else None,
+            "backend": self.backend,
+        }
 
     @property
     def config(self) -> Any:
@@ -333,10 +378,21 @@ class LoadedModel:
         """The same architecture with fresh random weights: the floor for "is this learned?"."""
         if self.backend != "hf":
             raise SiteError("random_init_copy needs the Hugging Face backend")
+        if self.device_map is not None and set(self.device_map.values()) != {str(self.device)}:
+            places = ", ".join(sorted(set(self.device_map.values())))
+            raise DeviceError(
+                f"{self.spec} is split across {places}; a random copy would need the same room "
+                "again: load the model on one device for probes that compare with one"
+            )
         torch.manual_seed(seed)
-        fresh = type(self.model)(self.model.config).eval()
+        fresh = type(self.model)(self.model.config).to(self.device, self.dtype).eval()
         return dataclasses.replace(
-            self, spec=f"{self.spec} (random init, seed {seed})", model=fresh, _digest=None
+            self,
+            spec=f"{self.spec} (random init, seed {seed})",
+            model=fresh,
+            device_map=None,
+            load_report={},
+            _digest=None,
         )
 
     # -- provenance ----------------------------------------------------------------------------
@@ -345,6 +401,9 @@ class LoadedModel:
         if self._digest is None:
             h = hashlib.sha256()
             for name, tensor in sorted(self.model.state_dict().items()):
+                if tensor.device.type == "meta":  # offloaded by accelerate: read where stored
+                    module, _, attr = name.rpartition(".")
+                    tensor = stored_tensor(self.model, module, attr).read()
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -367,6 +426,7 @@ class LoadedModel:
                 f"({'stride' if self.grid_size else 'size'} {self.patch_size}px), "
                 f"{self.n_prefix_tokens} prefix token(s)"
             )
+        lines += self._placement_lines()
         lines.append(f"  sites       blocks.{{0..{self.n_layers - 1}}}.{{{', '.join(kinds)}}}")
         roles = sorted({n.split(".", 2)[2] for n in self.weights})
         if roles:
@@ -380,6 +440,61 @@ class LoadedModel:
         if self.source is not None:
             lines.append(f"  source      {self.source}")
         return "\n".join(lines)
+
+    def _placement_lines(self) -> list[str]:
+        """Where each block lives and its dtype, runs of alike blocks merged."""
+        split = " (split by a device map)" if self.device_map is not None else ""
+        lines = [f"  placement   inputs go to {self.device}{split}"]
+        homes = _homes(self.model)
+        blocks: list[tuple[str, str]] = []
+        claimed: set[int] = set()
+        for i in range(self.n_layers):
+            path = self._block_path(i)
+            if path is None:  # blocks without weights of their own (PMI's hook points)
+                return [f"{lines[0]}; weights {', '.join(_describe_homes(homes.values()))}"]
+            inside = {id(p) for p in self.model.get_submodule(path).parameters()}
+            claimed |= inside
+            blocks.append(_describe_homes([homes[k] for k in inside if k in homes]))
+        start = 0
+        for i in range(1, len(blocks) + 1):
+            if i == len(blocks) or blocks[i] != blocks[start]:
+                span = f"block {start}" if i - 1 == start else f"blocks {start}-{i - 1}"
+                lines.append(f"              {span:<14} {', '.join(blocks[start])}")
+                start = i
+        rest = [h for k, h in homes.items() if k not in claimed]
+        if rest:
+            lines.append(f"              {'the rest':<14} {', '.join(_describe_homes(rest))}")
+        return lines
+
+    def _block_path(self, i: int) -> str | None:
+        """The module path of block ``i`` (the module holding its weights), if it has one."""
+        site = self.sites.get(f"blocks.{i}.resid_pre")
+        if site is None:
+            return None
+        path = site.module
+        while path:
+            if any(True for _ in self.model.get_submodule(path).parameters()):
+                return path
+            path = path.rpartition(".")[0]  # a hook point inside the block: its parent
+        return None
+
+
+def _homes(model: nn.Module) -> dict[int, tuple[str, torch.dtype]]:
+    """Every parameter's home (device, ``cpu-offload`` or ``disk``) and dtype, by its id (a
+    wrapper such as TransformerLens's bridge reaches one parameter by several names)."""
+    out = {}
+    for name, param in model.named_parameters():
+        module, _, attr = name.rpartition(".")
+        stored = stored_tensor(model, module, attr)
+        out[id(param)] = (stored.home, stored.dtype)
+    return out
+
+
+def _describe_homes(homes: Any) -> tuple[str, str]:
+    """(``cpu`` or ``cpu + disk``, ``float32``) for a group of parameters."""
+    places = sorted({h for h, _ in homes})
+    dtypes = sorted({dtype_name(d) for _, d in homes})
+    return " + ".join(places) or "no weights", "/".join(dtypes) or "-"
 
 
 def _summarise_sites(names: list[str]) -> str:

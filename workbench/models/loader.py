@@ -1,26 +1,47 @@
-"""``load_model``: one loader for hub ids, local folders and embedded ``zoo:`` models."""
+"""``load_model``: one loader for hub ids, local folders and embedded ``zoo:`` models.
+
+A model folder is untrusted input: config.json must be a JSON object, model.safetensors must
+have a sound header, and a file that transformers cannot build a model from is named in one
+line, all before any weights are read where that can be checked cheaply.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import re
+import shutil
+import sys
+import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from workbench.errors import FamilyError, ModelNotFoundError
+from workbench.devices import (
+    CPU,
+    accelerator,
+    check_load_options,
+    normalise_max_memory,
+    resolve_device,
+    resolve_dtype,
+)
+from workbench.errors import FamilyError, ModelNotFoundError, one_line
 from workbench.models.loaded import LoadedModel, Site, Weight
+from workbench.staging import sweep_stale, temp_dir, temp_prefix
 
 VISION_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae"}
 CAUSAL_TYPES = {"gpt2", "gpt_neox", "llama", "olmo", "olmo2", "mistral", "qwen2", "qwen3"}
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra"}
 OWN_FAMILIES = {"vim": "workbench.models.vim", "pmi": "workbench.models.pmi"}
 """Families whose model code lives in the workbench: ``config.json``'s ``model_type`` is the
-family name, and the module's ``load(spec, folder, config, dtype=...) -> LoadedModel`` loads it."""
+family name, and the module's ``load(spec, folder, config, dtype=..., device=...)`` loads it."""
 CHECKPOINT_FILES = {".pth": "vim", ".pt": "vim"}
 """Single-file checkpoints (a pickled training checkpoint, as Vim releases its weights) and the
 family that reads them; that family's ``load`` gets the file as ``folder`` and an empty config."""
@@ -53,35 +74,86 @@ def family_of(model_type: str) -> str:
 def load_model(
     spec: str | Path,
     *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
     backend: str = "hf",
-    dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (hub id, local folder, or ``zoo:NAME``) in eval mode with named sites.
 
-    ``backend="transformer-lens"`` wraps a causal LM in TransformerLens's ``TransformerBridge``
-    and maps the same site names onto its hook points.
+    ``device="auto"`` takes the accelerator when there is one, else the CPU; ``dtype="auto"``
+    takes the checkpoint's own dtype on an accelerator (bfloat16 for OLMo-2) and float32 on the
+    CPU. ``device_map="auto"`` (or a dict from module to device, ``"cpu"`` or ``"disk"``) lets
+    accelerate split a Hugging Face model across devices and offload what does not fit
+    ``max_memory`` to CPU RAM or disk (``offload_folder``, a temporary folder by default); the
+    workbench's own families (vim, pmi) take a single device. Every choice is checked before
+    any weights are read. ``backend="transformer-lens"`` wraps a causal LM in TransformerLens's
+    ``TransformerBridge`` and maps the same site names onto its hook points.
     """
     spec = str(spec)
-    if backend not in ("hf", "transformer-lens"):
-        raise ValueError(f"backend must be 'hf' or 'transformer-lens', not {backend!r}")
     folder = resolve_spec(spec)
     config = _read_config(folder)
-    model_type = config.get("model_type", "")
-    family = family_of(model_type)
+    family = family_of(config.get("model_type", ""))
     _check_files(folder, family)
+    check_load_options(
+        family,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        max_memory=max_memory,
+        backend=backend,
+        spec=spec,
+    )
+    main = resolve_device(device) if device_map is None else accelerator() or CPU
+    torch_dtype = resolve_dtype(dtype, main, config)
     if family in OWN_FAMILIES:
-        if backend != "hf":
-            raise FamilyError(f"{spec} is a {family} model; it has no {backend} backend")
         module = importlib.import_module(OWN_FAMILIES[family])
-        return module.load(spec, folder, config, dtype=dtype)
+        loaded: LoadedModel = module.load(spec, folder, config, dtype=torch_dtype, device=main)
+        return loaded
+    if device_map is None:
+        placement: dict[str, Any] = {"device_map": {"": main}}
+    else:
+        placement = {
+            "device_map": device_map,
+            "max_memory": normalise_max_memory(max_memory),
+            "offload_folder": str(offload_folder or _temporary_offload_folder()),
+        }
     if backend == "transformer-lens":
-        if family != "causal-lm":
-            raise FamilyError(
-                f"the TransformerLens backend wraps causal LMs; {spec} is a {family} model"
-            )
-        return _load_bridge(spec, folder, dtype)
-    return _load_hf(spec, folder, config, family, dtype, attn_implementation)
+        loaded = _load_bridge(spec, folder, torch_dtype, placement)
+    else:
+        loaded = _load_hf(spec, folder, config, family, torch_dtype, attn_implementation, placement)
+    if device_map is not None:
+        loaded.device_map = _device_map_of(loaded.model, main)
+        if offload_folder is None:  # the temporary folder goes when the model does
+            weakref.finalize(loaded.model, shutil.rmtree, placement["offload_folder"], True)
+    return loaded
+
+
+def _one_device(placement: dict[str, Any]) -> torch.device | None:
+    """The device of a whole-model placement (``{"": device}``), None for a split one."""
+    device_map = placement["device_map"]
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        return torch.device(device_map[""])
+    return None
+
+
+def _temporary_offload_folder() -> Path:
+    sweep_stale(temp_dir())  # offload folders of killed runs
+    return Path(tempfile.mkdtemp(prefix=temp_prefix("offload")))
+
+
+def _device_map_of(model: nn.Module, main: torch.device) -> dict[str, str]:
+    """accelerate's map from module to device, ``cpu`` or ``disk`` (all on ``main`` if unsplit)."""
+    found = getattr(model, "hf_device_map", None)
+    if not found:
+        return {"": str(main)}
+    return {
+        name: f"cuda:{where}" if isinstance(where, int) else str(where)
+        for name, where in found.items()
+    }
 
 
 # -- spec resolution ---------------------------------------------------------------------------
@@ -136,7 +208,43 @@ def _read_config(folder: Path) -> dict[str, Any]:
             f"{folder} has no config.json; a model folder needs config.json plus weights "
             f"({' or '.join(WEIGHT_FILES[::2])})"
         )
-    return json.loads(path.read_text())
+    config = read_json_object(path)
+    if not isinstance(config.get("model_type", ""), str):
+        raise ModelNotFoundError(
+            f"{path}: model_type must be a string, not {type(config['model_type']).__name__}; "
+            "restore the model's config.json"
+        )
+    return config
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else is a one-line error naming the file."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, or nested absurdly
+        raise ModelNotFoundError(
+            f"{path} is not valid JSON ({one_line(err)}); restore the model's {path.name}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ModelNotFoundError(
+            f"{path} holds a JSON {type(value).__name__}, not an object; restore the model's "
+            f"{path.name}"
+        )
+    return value
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or foreign ``.safetensors`` file by its header (no weights read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as err:
+        raise ModelNotFoundError(
+            f"{path} is not a complete safetensors file ({one_line(err)}); it may be truncated "
+            "or damaged: restore or download it again"
+        ) from None
 
 
 def _check_files(folder: Path, family: str) -> None:
@@ -147,6 +255,8 @@ def _check_files(folder: Path, family: str) -> None:
             f"{folder} is missing its weights: expected model.safetensors (or one of "
             f"{', '.join(WEIGHT_FILES[1:])})"
         )
+    if (folder / WEIGHT_FILES[0]).is_file():
+        check_safetensors(folder / WEIGHT_FILES[0])
     if family in ("causal-lm", "encoder") and not any(
         (folder / f).is_file() for f in TOKENIZER_FILES
     ):
@@ -164,14 +274,16 @@ def _load_hf(
     family: str,
     dtype: torch.dtype,
     attn_implementation: str | None,
+    placement: dict[str, Any],
 ) -> LoadedModel:
     import transformers as tf
 
     model_type = config["model_type"]
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **placement}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     archs = config.get("architectures") or []
+    cls: Any
     if family == "causal-lm":
         cls = tf.AutoModelForCausalLM
     elif model_type in ("clip", "clip_vision_model"):
@@ -183,7 +295,18 @@ def _load_hf(
         cls = tf.AutoModelForImageClassification
     else:
         cls = tf.AutoModel
-    model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    try:
+        with _quiet_load_report():
+            model, info = cls.from_pretrained(
+                folder, local_files_only=True, output_loading_info=True, **kwargs
+            )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as err:
+        split = _one_device(placement) is None
+        raise ModelNotFoundError(
+            f"{folder}: transformers cannot build a {model_type} model from these files "
+            f"({type(err).__name__}: {one_line(err)}); check config.json and the weights"
+            + (", and that device_map places every module" if split else "")
+        ) from None
     model.eval()
 
     blocks_path, blocks = _find_blocks(model)
@@ -203,6 +326,7 @@ def _load_hf(
         source=folder,
         weights=weights,
         head_labels=_head_labels(model),
+        load_report=_load_report(spec, info),
     )
     if family == "vit":
         _add_vision_info(loaded, folder, cfg)
@@ -211,12 +335,48 @@ def _load_hf(
     return loaded
 
 
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Drop transformers' table of unused and newly initialised weights (``_load_report`` says
+    the same in one line); its other messages pass."""
+
+    def not_the_table(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(not_the_table)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_the_table)
+
+
+def _load_report(spec: str, info: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Checkpoint weights the model did not use and model weights the checkpoint lacked (newly
+    initialised at random), announced in one line; the lists stay on ``model.load_report``."""
+    report = {
+        "unused": tuple(sorted(info.get("unexpected_keys") or ())),
+        "initialised": tuple(sorted(info.get("missing_keys") or ())),
+    }
+    parts = [
+        f"{len(names)} {label} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+        for label, names in (
+            ("checkpoint weights unused", report["unused"]),
+            ("weights newly initialised", report["initialised"]),
+        )
+        if names
+    ]
+    if parts:
+        print(f"{spec}: {'; '.join(parts)}. All of them: model.load_report", file=sys.stderr)
+    return report
+
+
 def _head_labels(model: nn.Module) -> tuple[str, ...] | None:
     """Class names of a classification head (``...ForImageClassification``), else None."""
-    if not hasattr(model, "classifier"):
+    config: Any = getattr(model, "config", None)
+    if not hasattr(model, "classifier") or config is None:
         return None
-    id2label = model.config.id2label
-    return tuple(str(id2label.get(k, k)) for k in range(model.config.num_labels))
+    return tuple(str(config.id2label.get(k, k)) for k in range(config.num_labels))
 
 
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -313,7 +473,7 @@ def _block_weights(blocks_path: str, blocks: nn.ModuleList) -> dict[str, Weight]
             name = f"{prefix}.{role}"
             weights[name] = Weight(name, module, transposed=layout.startswith("conv1d"))
             if layout == "conv1d-qkv":
-                d = blocks[i].get_submodule(path).weight.shape[1] // 3
+                d = int(blocks[i].get_submodule(path).get_parameter("weight").shape[1]) // 3
                 for k, part in enumerate(("W_Q", "W_K", "W_V")):
                     sub = f"{prefix}.attn.{part}"
                     weights[sub] = Weight(sub, module, transposed=True, rows=(k * d, (k + 1) * d))
@@ -335,7 +495,7 @@ def _add_vision_info(loaded: LoadedModel, folder: Path, cfg: Any) -> None:
     image_size = vcfg.image_size
     proc_path = folder / "preprocessor_config.json"
     if proc_path.is_file():
-        proc = json.loads(proc_path.read_text())
+        proc = read_json_object(proc_path)
         loaded.image_mean = tuple(proc.get("image_mean", loaded.image_mean))
         loaded.image_std = tuple(proc.get("image_std", loaded.image_std))
         crop = proc.get("crop_size") if proc.get("do_center_crop") else None
@@ -356,7 +516,13 @@ def _add_vision_info(loaded: LoadedModel, folder: Path, cfg: Any) -> None:
 def _load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # the tokenizers library raises plain Exceptions for bad files
+        raise ModelNotFoundError(
+            f"{folder}: its tokenizer files cannot be read ({type(err).__name__}: "
+            f"{one_line(err)}); restore tokenizer.json or the vocabulary files"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
@@ -373,7 +539,9 @@ BRIDGE_HOOKS = {
 }
 
 
-def _load_bridge(spec: str, folder: Path, dtype: torch.dtype) -> LoadedModel:
+def _load_bridge(
+    spec: str, folder: Path, dtype: torch.dtype, placement: dict[str, Any]
+) -> LoadedModel:
     """A causal LM wrapped in TransformerLens's ``TransformerBridge``, lined up with the HF backend.
 
     The tokenizer is the folder's own, loaded as for the HF backend, so texts become the same
@@ -385,11 +553,14 @@ def _load_bridge(spec: str, folder: Path, dtype: torch.dtype) -> LoadedModel:
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(str(folder), dtype=dtype, device="cpu")
+    one = _one_device(placement)
+    place = {"device": one} if one is not None else placement
+    bridge = TransformerBridge.boot_transformers(str(folder), dtype=dtype, **place)
     bridge.eval()
     tokenizer = _load_tokenizer(folder)
     with torch.no_grad():  # the bridge adds hooks of its own on its first forward: do it now
-        bridge(torch.tensor([[tokenizer.eos_token_id or 0]]))
+        first = next(bridge.parameters()).device if one is None else one
+        bridge(torch.tensor([[tokenizer.eos_token_id or 0]], device=first))
     hook_names = set(bridge.hook_dict)
     n_layers = int(bridge.cfg.n_layers)
     sites: dict[str, Site] = {}

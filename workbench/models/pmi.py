@@ -47,12 +47,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.devices import CPU
 from workbench.errors import DataError, ModelNotFoundError
 from workbench.models.loaded import HookPoint, LoadedModel, Site
 
@@ -299,8 +300,8 @@ class MemoryStep(nn.Module):
         memory: torch.Tensor,
         key_mask: torch.Tensor | None,
         topk: int | None,
-        before: HookPoint | None,
-        after: HookPoint,
+        before: nn.Module | None,
+        after: nn.Module,
     ) -> torch.Tensor:
         h = self.cfg.n_heads
         q, k, v = (split_heads(p, h) for p in (proj.q(queries), proj.k(memory), proj.v(memory)))
@@ -410,6 +411,9 @@ class Block(nn.Module):
 class _Classifier(nn.Module):
     """Embeddings, a stack of steps, and an answer head on the last real token."""
 
+    points: nn.ModuleList
+    """Per step, the hook points of that step (set by each architecture)."""
+
     def __init__(self, config: PMIConfig) -> None:
         super().__init__()
         self.config = config
@@ -424,7 +428,11 @@ class _Classifier(nn.Module):
         self.logits_point = HookPoint()
 
     def block(self, t: int) -> Block:
-        return self.blocks[0 if self.config.share_layers else t]
+        return cast(Block, self.blocks[0 if self.config.share_layers else t])
+
+    def step_points(self, t: int) -> nn.ModuleDict:
+        """The hook points of memory step ``t``."""
+        return cast(nn.ModuleDict, self.points[t])
 
     def _embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
@@ -449,7 +457,9 @@ class _Classifier(nn.Module):
 
     def _readout(self, x: torch.Tensor, mask: torch.Tensor) -> PMIOutput:
         last = mask.long().cumsum(1).argmax(1)  # index of the last real token
-        readout = self.readout_point(self.final_norm(x[torch.arange(x.shape[0]), last]))
+        readout = self.readout_point(
+            self.final_norm(x[torch.arange(x.shape[0], device=x.device), last])
+        )
         return PMIOutput(logits=self.logits_point(self.head(readout)), readout=readout)
 
 
@@ -477,7 +487,7 @@ class PMITransformer(_Classifier):
         wm = self.init_points["wm"](self.wm_init.expand(b, -1, -1))
         ltm = self.init_points["ltm"](self.ltm_init.expand(b, -1, -1, -1))
         for t in range(self.config.n_steps):
-            block, p = self.block(t), self.points[t]
+            block, p = self.block(t), self.step_points(t)
             x = p["resid_pre"](x)
             mixed, wm, ltm = block.mixer(block.mix_norm(x), mask, wm, ltm, p)
             x = x + p[_key("attn.out")](mixed)
@@ -501,7 +511,7 @@ class ControlTransformer(_Classifier):
     ) -> PMIOutput:
         x, mask = self._embed(input_ids, attention_mask)
         for t in range(self.config.n_steps):
-            block, p = self.block(t), self.points[t]
+            block, p = self.block(t), self.step_points(t)
             x = p["resid_pre"](x)
             mixed = block.mixer(block.mix_norm(x), mask, p[_key("attn.pattern")])
             x = x + p[_key("attn.out")](mixed)
@@ -558,9 +568,15 @@ def save_model(model: _Classifier, folder: str | Path, words: list[str] | None =
 
 
 def load(
-    spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype = torch.float32
+    spec: str,
+    folder: Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = CPU,
 ) -> LoadedModel:
-    """Load a PMI-Transformer or its control from ``folder`` as a ``LoadedModel`` (family pmi)."""
+    """Load a PMI-Transformer or its control from ``folder`` as a ``LoadedModel`` (family pmi),
+    on one device."""
     from safetensors.torch import load_file
 
     cfg = PMIConfig.from_dict(config)
@@ -575,7 +591,7 @@ def load(
             f"{folder}'s weights do not fit its config.json (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); rebuild it with `workbench zoo build`"
         )
-    model = model.to(dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
     processor = None
     if (folder / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast

@@ -363,7 +363,7 @@ def save_wordpiece_tokenizer(folder: Path, specials: dict[str, str], *, vocab_si
         processors,
         trainers,
     )
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # lazy export
 
     order = ["pad", "unk", "cls", "sep", "mask"]
     tok = Tokenizer(models.WordPiece(unk_token=specials["unk"]))

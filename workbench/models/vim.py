@@ -37,24 +37,27 @@ the patches fill the other positions in row-major order.
 
 from __future__ import annotations
 
-import io
+import argparse
+import importlib
 import json
 import math
+import pathlib
 import pickle
-import types
-import zipfile
-from collections import OrderedDict
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.errors import ModelNotFoundError, WorkbenchError
+from workbench.devices import CPU
+from workbench.errors import ModelNotFoundError, WorkbenchError, one_line
 from workbench.models.loaded import HookPoint, LoadedModel, Site, Weight
 
 DIRECTIONS = ("fwd", "bwd")
@@ -259,6 +262,36 @@ class _SelectiveScan(torch.autograd.Function):
         return grad_x, grad_delta, grad_A, grad_B, grad_C, None, None
 
 
+@overload
+def selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    return_states: Literal[False] = False,
+    channels: torch.Tensor | list[int] | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    return_states: Literal[True],
+    channels: torch.Tensor | list[int] | None = None,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def selective_scan(
     x: torch.Tensor,
     delta: torch.Tensor,
@@ -429,7 +462,12 @@ class BiMamba(nn.Module):
         return u, delta, _tap(points.B, B, flip), _tap(points.C, C, flip)
 
     def _read_out(
-        self, direction: str, u: torch.Tensor, y: torch.Tensor, C: torch.Tensor, h: torch.Tensor
+        self,
+        direction: str,
+        u: torch.Tensor,
+        y: torch.Tensor,
+        C: torch.Tensor,
+        h: torch.Tensor | None,
     ) -> torch.Tensor:
         """y of one direction (scan order) through its hook points; y uses the tapped states."""
         flip = direction == "bwd"
@@ -454,11 +492,12 @@ class BiMamba(nn.Module):
         want_h = [_is_hooked(getattr(self, d).h) for d in DIRECTIONS]
         u, delta, B, C = (torch.cat(parts) for parts in zip(*inputs, strict=True))
         A = torch.cat([self.A(d).expand(batch, -1, -1) for d in DIRECTIONS])
+        h_parts: tuple[torch.Tensor | None, ...] = (None, None)
         if any(want_h):
             y, h = selective_scan(u, delta, A, B, C, return_states=True)
             h_parts = h.split(batch)
         else:
-            y, h_parts = selective_scan(u, delta, A, B, C), (None, None)
+            y = selective_scan(u, delta, A, B, C)
         outputs = []
         for k, d in enumerate(DIRECTIONS):
             u_d, _, _, C_d = inputs[k]
@@ -533,9 +572,10 @@ class VisionMamba(nn.Module):
         proj = self.patch_embed.proj
         fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
         nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in))
-        nn.init.zeros_(proj.bias)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
         for layer in self.layers:
-            mixer = layer.mixer
+            mixer = cast(BiMamba, layer.get_submodule("mixer"))
             nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
             mixer.out_proj.weight /= math.sqrt(c.n_layers)
             for b in ("", "_b"):
@@ -576,106 +616,135 @@ class VisionMamba(nn.Module):
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("argparse", "Namespace"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch", "dtype"),
-    ("torch.serialization", "_get_layout"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("_codecs", "encode"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-}
-"""(module, name) pairs a training checkpoint may refer to: tensors and their storages, plain
-containers, the argparse ``args`` that DeiT-style training scripts save, numpy scalars, paths."""
+def _numpy_scalar() -> Any:
+    try:
+        return importlib.import_module("numpy._core.multiarray").scalar
+    except ImportError:  # numpy 1.x
+        return importlib.import_module("numpy.core.multiarray").scalar
+
+
+ALLOWED_GLOBALS: list[Any] = [
+    argparse.Namespace,
+    frozenset,
+    slice,
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+    np.dtype,
+    (_numpy_scalar(), "numpy.core.multiarray.scalar"),
+    (_numpy_scalar(), "numpy._core.multiarray.scalar"),
+]
+"""What a training checkpoint may refer to beyond what ``torch.load(weights_only=True)`` allows
+already (tensors, their storages and dtypes, sets, OrderedDicts): the argparse ``args`` that
+DeiT-style training scripts save, numpy scalars (under numpy 1 and 2 names), paths."""
 
 
 class CheckpointRefusedError(WorkbenchError):
     """A checkpoint pickle asked for something other than tensors and plain data."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals in ``_SAFE_GLOBALS`` (plus torch dtypes and storage classes).
-
-    Anything else, e.g. ``os.system`` or ``builtins.eval``, raises ``CheckpointRefusedError``
-    before it can be called.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and (name.endswith("Storage") or name in _torch_dtype_names()):
-            return getattr(torch, name)
-        raise CheckpointRefusedError(
-            f"refusing to unpickle {module}.{name}: a model checkpoint should hold only tensors "
-            "and plain data, and unpickling anything else can run arbitrary code. If you trust "
-            "the file, load it yourself with torch.load(..., weights_only=False) and save its "
-            "state dict with torch.save(state_dict, path)."
-        )
-
-
-def _torch_dtype_names() -> set[str]:
-    return {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
-
-
-_restricted_pickle = types.ModuleType("workbench_restricted_pickle")
-_restricted_pickle.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = lambda f, **kw: _RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-_restricted_pickle.loads = lambda b, **kw: _RestrictedUnpickler(io.BytesIO(b), **kw).load()  # type: ignore[attr-defined]
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A ``torch.save`` file read with the restricted unpickler (tensors on the CPU)."""
+    """A ``torch.save`` file read by PyTorch's weights-only unpickler (tensors on the CPU).
+
+    The unpickler resolves only its own allowlist plus ``ALLOWED_GLOBALS``: anything else, such
+    as ``os.system`` or ``builtins.eval``, is refused before it can be called.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is not a file")
     try:
-        obj = torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refusal(path, err) from None
+    except Exception as err:  # a damaged file fails in many ways inside torch.load; all mean this
+        raise ModelNotFoundError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {one_line(err)})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ModelNotFoundError(
+            f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict"
         )
-    except CheckpointRefusedError as err:
-        raise CheckpointRefusedError(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
-        raise ModelNotFoundError(f"{path} is not a readable PyTorch checkpoint ({err})") from None
-    if not isinstance(obj, dict):
-        raise ModelNotFoundError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
+    return checkpoint
+
+
+def _refusal(path: Path, err: pickle.UnpicklingError) -> WorkbenchError:
+    """One line for the weights-only unpickler's refusal, naming what the file asked for."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" not in text:
+        return ModelNotFoundError(f"{path} is not a readable PyTorch checkpoint ({one_line(err)})")
+    asked = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    what = asked.group(1) if asked else f"it ({detail.group(1) if detail else 'not plain data'})"
+    return CheckpointRefusedError(
+        f"{path}: refusing to unpickle {what}: a model checkpoint should hold only tensors and "
+        "plain data, and unpickling anything else can run arbitrary code. If you trust the "
+        "file, load it yourself with torch.load(..., weights_only=False) and save its state "
+        "dict with torch.save(state_dict, path)."
+    )
 
 
 def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights inside a training checkpoint (under ``model``, as Vim saves them)."""
+    """The model weights inside a training checkpoint (under ``model``, as Vim saves them).
+
+    Every key must be a string and every value a tensor whose data is really in the file.
+    """
+    source = checkpoint
     for key in ("model", "state_dict", "model_ema"):
         inner = checkpoint.get(key)
         if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            return {k.removeprefix("module."): v for k, v in inner.items()}
-    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+            source = inner
+            break
+    state: dict[str, torch.Tensor] = {}
+    for key, value in source.items():
+        if not isinstance(key, str):
+            raise ModelNotFoundError(f"the state dict has a key {key!r} that is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise ModelNotFoundError(
+                f"the state dict entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise ModelNotFoundError(
+                f"the state dict entry {key!r} claims shape {list(value.shape)} but holds less "
+                "data; the file is damaged or forged"
+            )
+        state[key.removeprefix("module.")] = value
+    return state
+
+
+_SHAPE_KEYS = {
+    "patch_embed.proj.weight": 4,
+    "pos_embed": 3,
+    "layers.0.mixer.A_log": 2,
+    "layers.0.mixer.A_b_log": 2,
+    "layers.0.mixer.dt_proj.weight": 2,
+    "layers.0.mixer.conv1d.weight": 3,
+    "head.weight": 2,
+}
+"""The weights whose shapes give Vim's hyper-parameters, and how many dimensions each has."""
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor]) -> VimConfig:
-    """Vim's hyper-parameters read off the shapes of its weights.
+    """Vision Mamba's hyper-parameters read off the shapes of its weights.
 
     The stride is not stored; a grid that fits a 224- or 384-px image only with stride
     ``patch_size / 2`` (the ``_ft`` checkpoints) gets that stride, otherwise stride = patch size.
     """
-    required = ("patch_embed.proj.weight", "pos_embed", "layers.0.mixer.A_b_log", "head.weight")
-    missing = [k for k in required if k not in state]
+    missing = [k for k in _SHAPE_KEYS if k not in state]
     if missing:
         raise ModelNotFoundError(
             f"this is not a Vision Mamba (Vim, bimamba v2) state dict: it lacks {missing}"
         )
+    for key, ndim in _SHAPE_KEYS.items():
+        shape = list(state[key].shape)
+        if len(shape) != ndim or min(shape) < 1:
+            raise ModelNotFoundError(
+                f"the weights do not fit Vision Mamba: {key} has shape {shape}, expected "
+                f"{ndim} non-empty dimensions"
+            )
+    if state["pos_embed"].shape[1] < 2:
+        raise ModelNotFoundError("the weights do not fit Vision Mamba: pos_embed has no patches")
     d_model, channels, patch, _ = state["patch_embed.proj.weight"].shape
-    n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
     d_inner, d_state = state["layers.0.mixer.A_log"].shape
     dt_rank = state["layers.0.mixer.dt_proj.weight"].shape[1]
     d_conv = state["layers.0.mixer.conv1d.weight"].shape[-1]
@@ -686,10 +755,10 @@ def config_from_state_dict(state: dict[str, torch.Tensor]) -> VimConfig:
         stride, image_size = half, (grid - 1) * half + patch
     return VimConfig(
         d_model=d_model,
-        n_layers=n_layers,
+        n_layers=1 + max(_layer_indices(state)),
         d_state=d_state,
         d_conv=d_conv,
-        expand=d_inner // d_model,
+        expand=max(1, d_inner // d_model),
         dt_rank=dt_rank,
         image_size=image_size,
         patch_size=patch,
@@ -697,6 +766,64 @@ def config_from_state_dict(state: dict[str, torch.Tensor]) -> VimConfig:
         in_channels=channels,
         num_classes=state["head.weight"].shape[0],
     )
+
+
+def _layer_indices(state: dict[str, torch.Tensor]) -> set[int]:
+    indices = set()
+    for key in state:
+        if key.startswith("layers."):
+            index = key.split(".")[1]
+            if not index.isdigit():
+                raise ModelNotFoundError(f"the state dict key {key!r} names no layer number")
+            indices.add(int(index))
+    return indices
+
+
+def config_from_json(values: dict[str, Any]) -> VimConfig:
+    """A VimConfig from config.json's fields, refusing values no Vision Mamba can have."""
+    try:
+        config = VimConfig.from_dict(values)
+    except (TypeError, ValueError, ArithmeticError, AttributeError) as err:
+        raise ModelNotFoundError(f"its fields do not make a Vim config ({one_line(err)})") from None
+    wrong = [k for k in _POSITIVE_FIELDS if not _is_positive(getattr(config, k), int)]
+    if not _is_positive(config.norm_eps, float):
+        wrong.append("norm_eps")
+    for key in ("image_mean", "image_std"):
+        stats = getattr(config, key)
+        if len(stats) != config.in_channels or not all(_is_number(v) for v in stats):
+            wrong.append(key)
+    if wrong:
+        raise ModelNotFoundError(
+            f"its fields {wrong} are out of range (sizes are positive whole numbers, norm_eps is "
+            "positive, image_mean and image_std hold one number per input channel)"
+        )
+    return config
+
+
+_POSITIVE_FIELDS = (
+    "d_model",
+    "n_layers",
+    "d_state",
+    "d_conv",
+    "expand",
+    "dt_rank",
+    "image_size",
+    "patch_size",
+    "stride",
+    "in_channels",
+    "num_classes",
+)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _is_positive(value: Any, kind: type) -> bool:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    return _is_number(value) and value > 0 and (whole or kind is float)
 
 
 def save_pretrained(model: VisionMamba, folder: str | Path, dtype: torch.dtype) -> None:
@@ -713,31 +840,79 @@ def save_pretrained(model: VisionMamba, folder: str | Path, dtype: torch.dtype) 
 
 # -- loading -----------------------------------------------------------------------------------
 def build(config: VimConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> VisionMamba:
-    """A VisionMamba holding exactly ``state`` (strict: names and shapes must all match)."""
-    model = VisionMamba(config)
-    result = model.load_state_dict(
-        OrderedDict((k, v) for k, v in state.items() if not k.startswith("gamma")), strict=False
-    )
-    if result.missing_keys or result.unexpected_keys:
+    """A VisionMamba holding exactly ``state`` (strict: names and shapes must all match).
+
+    Names and shapes are compared on an empty copy of the model on the meta device first, so
+    weights that do not fit cost no memory and fail with the first tensor that differs.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith("gamma")}
+    layers = _layer_indices(state)
+    if layers != set(range(config.n_layers)):
+        raise ModelNotFoundError(
+            f"the weights do not fit Vision Mamba: the config has {config.n_layers} layers but "
+            f"the weights have {len(layers)} (numbered up to {max(layers, default=-1)})"
+        )
+    try:
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in VisionMamba(config).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError, ArithmeticError) as err:
+        raise ModelNotFoundError(f"no Vision Mamba has this config ({one_line(err)})") from None
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
         raise ModelNotFoundError(
             "the weights do not fit Vision Mamba: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    for name, shape in expected.items():
+        if list(state[name].shape) != shape:
+            raise ModelNotFoundError(
+                f"the weights do not fit Vision Mamba: {name} has shape "
+                f"{list(state[name].shape)}, the config needs {shape}"
+            )
+    model = VisionMamba(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # e.g. a complex tensor that cannot become a real weight
+        raise ModelNotFoundError(f"the weights do not load ({one_line(err)})") from None
     return model.to(dtype).eval()
 
 
-def load(spec: str, folder: Path, config: dict[str, Any], *, dtype: torch.dtype) -> LoadedModel:
-    """Load a Vim folder (config.json + model.safetensors) or an official ``.pth`` checkpoint."""
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Prefix a ModelNotFoundError raised inside with the file it is about."""
+    try:
+        yield
+    except ModelNotFoundError as err:
+        raise ModelNotFoundError(f"{path}: {err}") from None
+
+
+def load(
+    spec: str,
+    folder: Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype,
+    device: torch.device = CPU,
+) -> LoadedModel:
+    """Load a Vim folder (config.json + model.safetensors) or an official ``.pth`` checkpoint
+    onto one device (the plain-PyTorch scan runs on any)."""
     folder = Path(folder)
     if folder.is_file():
-        state = state_dict_of(read_checkpoint(folder))
-        vim_config = config_from_state_dict(state)
+        checkpoint = read_checkpoint(folder)  # its errors name the file already
+        weights = folder
+        with _naming(folder):
+            state = state_dict_of(checkpoint)
+            vim_config = config_from_state_dict(state)
     else:
         from safetensors.torch import load_file
 
-        vim_config = VimConfig.from_dict(config)
-        state = load_file(str(folder / "model.safetensors"))
-    model = build(vim_config, state, dtype)
+        with _naming(folder / "config.json"):
+            vim_config = config_from_json(config)
+        weights = folder / "model.safetensors"
+        state = load_file(str(weights))  # the loader has checked its header
+    with _naming(weights):
+        model = build(vim_config, state, dtype).to(device)
     return LoadedModel(
         spec=spec,
         family="vim",

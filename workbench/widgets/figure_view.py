@@ -15,6 +15,8 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from workbench.figures import fit_cell
+
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -30,7 +32,8 @@ def mimebundle(fig: go.Figure) -> dict:
 
 
 class FigureView(widgets.Output):
-    """Shows ``figure``; ``show(new)`` replaces it in place. ``figure`` is what is on screen."""
+    """Shows ``figure``; ``show(new)`` replaces it in place. ``figure`` is what is on screen,
+    fitted to a notebook cell like every probe figure (``workbench.figures.fit_cell``)."""
 
     def __init__(self, figure: go.Figure | None = None) -> None:
         super().__init__()
@@ -39,7 +42,7 @@ class FigureView(widgets.Output):
             self.show(figure)
 
     def show(self, figure: go.Figure) -> None:
-        self.figure = figure
+        self.figure = fit_cell(figure)
         self.outputs = (
             {"output_type": "display_data", "data": mimebundle(figure), "metadata": {}},
         )

@@ -45,6 +45,8 @@ class PatchPicker(anywidget.AnyWidget):
     opacity = traitlets.Float(0.6).tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)
+    outline = traitlets.Bool(True).tag(sync=True)
+    """Whether the selected patch is outlined: off while the overlay does not belong to it."""
     width = traitlets.Int(420).tag(sync=True)
 
     def __init__(

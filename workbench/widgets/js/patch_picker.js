@@ -72,7 +72,7 @@ function render({ model, el }) {
       bar.textContent = "";
     }
     const sel = model.get("selected");
-    if (sel >= 0) {
+    if (sel >= 0 && model.get("outline")) {
       ctx.strokeStyle = "#00E5FF";
       ctx.lineWidth = 3;
       ctx.strokeRect((sel % g.gw) * g.cw + 1.5, Math.floor(sel / g.gw) * g.ch + 1.5, g.cw - 3, g.ch - 3);
@@ -109,7 +109,7 @@ function render({ model, el }) {
   image.src = model.get("image_src");
   const redraw = () => draw();
   model.on("change:image_src", () => (image.src = model.get("image_src")));
-  for (const name of ["scores", "selected", "zmin", "zmax", "colorscale", "opacity", "title", "grid", "width"]) {
+  for (const name of ["scores", "selected", "outline", "zmin", "zmax", "colorscale", "opacity", "title", "grid", "width"]) {
     model.on(`change:${name}`, redraw);
   }
 }
