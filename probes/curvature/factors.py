@@ -8,7 +8,7 @@ over positions, so each position's gradient is that of its own token loss; a cau
 position (it has no next token) and padding contribute nothing.
 
 The forward runs in the model's dtype; each batch's products are formed in float32 (at least)
-and added into float64 sums on the weight's device (float32 where the device has no float64,
+and added into float64 sums on the model's device (float32 where the device has no float64,
 as on Apple's mps). Only the gradients at the chosen outputs are computed
 (``torch.autograd.grad``), so no parameter gradient is formed and parameter ``.grad`` fields are
 never touched; the backward pass stops at the earliest chosen layer.
@@ -140,7 +140,7 @@ class KFACFactors:
     def check_model(self, model: LoadedModel) -> None:
         """Refuse factors whose shapes do not fit ``model``'s weights."""
         for name in self.names:
-            out_dim, in_dim = model.weight(name).shape
+            out_dim, in_dim = weight_shape(model, name)
             if self.a[name].shape != (in_dim, in_dim) or self.g[name].shape != (out_dim, out_dim):
                 raise DataError(
                     f"factors for {name} have A {tuple(self.a[name].shape)}, "
@@ -335,17 +335,19 @@ def factor_sums(
 ) -> FactorSums:
     """One pass over ``batches``: Σ a aᵀ and Σ g gᵀ per weight and the positions counted.
 
-    The sums live on each weight's device in ``accumulator_dtype``. ``total`` (positions or
-    tokens expected) sizes the progress bar.
+    The sums live on the model's device (``model.device``, where probes keep what they fit) in
+    ``accumulator_dtype``, also for a model split across devices or offloaded. ``total``
+    (positions or tokens expected) sizes the progress bar.
     """
     names = list(names)
+    device = model.device
+    dtype = accumulator_dtype(device)
     a_sum: dict[str, torch.Tensor] = {}
     g_sum: dict[str, torch.Tensor] = {}
     for name in names:
-        w = model.weight(name)
-        dtype = accumulator_dtype(w.device)
-        a_sum[name] = torch.zeros(w.shape[1], w.shape[1], dtype=dtype, device=w.device)
-        g_sum[name] = torch.zeros(w.shape[0], w.shape[0], dtype=dtype, device=w.device)
+        out_dim, in_dim = weight_shape(model, name)
+        a_sum[name] = torch.zeros(in_dim, in_dim, dtype=dtype, device=device)
+        g_sum[name] = torch.zeros(out_dim, out_dim, dtype=dtype, device=device)
 
     state: dict[str, Any] = {"valid": None, "backward": False}
     outputs: dict[str, torch.Tensor] = {}
@@ -407,6 +409,12 @@ def factor_sums(
             p.requires_grad_(flag)
         outputs.clear()
     return FactorSums(a_sum, g_sum, count)
+
+
+def weight_shape(model: LoadedModel, name: str) -> tuple[int, int]:
+    """(out, in) of weight ``name``, read from its parameter's shape: no offloaded values read."""
+    out_dim, in_dim = model.weight_view(name, model.parameter(name).detach()).shape
+    return int(out_dim), int(in_dim)
 
 
 def _add_product(acc: torch.Tensor, rows: torch.Tensor) -> None:
