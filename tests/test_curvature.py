@@ -152,8 +152,8 @@ def test_sampling_is_deterministic_under_the_seed(scratch_models):
 def test_factors_save_and_load_exactly(scratch_models, tmp_path):
     lm = load_model(scratch_models["gpt2"])
     factors = collect_factors(lm, {"input_ids": torch.randint(6, 250, (3, 6))}, progress=False)
-    factors.save(tmp_path / "f")
-    back = KFACFactors.load(tmp_path / "f")
+    factors.save(tmp_path / "f" / "factors.safetensors")
+    back = KFACFactors.load(tmp_path / "f" / "factors.safetensors")
     assert back.names == factors.names and back.n_positions == factors.n_positions
     assert back.model_digest == lm.digest()
     for n in factors.names:
@@ -162,6 +162,8 @@ def test_factors_save_and_load_exactly(scratch_models, tmp_path):
         "factors.json",
         "factors.safetensors",
     ]
+    with pytest.raises(DataError, match=r"ends in \.safetensors"):
+        factors.save(tmp_path / "f" / "factors.pt")
 
 
 def _tiny_vit_classifier(folder):

@@ -36,6 +36,10 @@ class Config(ProbeConfig):
     labels: Literal["sampled", "gold"] = "sampled"
     """``sampled``: labels drawn from the model's own prediction (true Fisher); ``gold``: the
     next tokens of the text (empirical Fisher)."""
+    factors: str = ""
+    """A factors file (``workbench factors collect --out FILE``, or ``KFACFactors.save``) to use
+    instead of collecting factors; one collected on another model is refused before any work.
+    The factor corpus settings below are then not used."""
     factor_corpus: str = ""
     """Text the curvature is estimated on, streamed under ``factor_tokens``: a text file, a
     JSONL file (field ``text_field``), a folder of .txt/.md/.jsonl files, or a ``datasets``

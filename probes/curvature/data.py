@@ -141,8 +141,11 @@ def _check_readable(model: LoadedModel, share: float, what: str) -> None:
 
 
 # -- factor and held-out text ------------------------------------------------------------------
-def factor_batches(model: LoadedModel, config: Config) -> TokenBatches:
-    """The factor corpus as re-iterable batches, read lazily under ``factor_tokens``."""
+def factor_batches(
+    model: LoadedModel, config: Config, shard: tuple[int, int] = (0, 1)
+) -> TokenBatches:
+    """The factor corpus as re-iterable batches, read lazily under ``factor_tokens``;
+    ``shard=(rank, world)`` keeps one process's share of a data-parallel collection."""
     documents, separator = _factor_documents(model, config)
     return TokenBatches(
         documents,
@@ -151,7 +154,17 @@ def factor_batches(model: LoadedModel, config: Config) -> TokenBatches:
         max_tokens=config.factor_tokens,
         batch_size=config.batch_size,
         separator_id=separator,
+        shard=shard,
     )
+
+
+def factor_corpus_name(model: LoadedModel, config: Config) -> str:
+    """What the factors are collected on, as a factors file records it."""
+    if config.factor_corpus:
+        return str(config.factor_corpus)
+    if not knows_canary_words(model):
+        return "shipped collection (Python documentation, training part)"
+    return f"canary corpus ({config.factor_data}, seed {config.corpus_seed})"
 
 
 def _factor_documents(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -39,16 +38,26 @@ from tqdm.auto import tqdm
 from probes.curvature.compute import Eigenbasis, eigendecompose
 from workbench.capture import Inputs, encode_inputs, hooks
 from workbench.checkpoint import checkpointed_blocks
-from workbench.errors import DataError, FamilyError, SiteError, WorkbenchError
+from workbench.data.corpus import SEQUENCE_KEY
+from workbench.errors import DataError, FamilyError, SiteError, one_line
 from workbench.models import LoadedModel
+from workbench.staging import sibling_name
 
 LABEL_MODES = ("sampled", "gold")
-FACTORS_FILE = "factors.safetensors"
-META_FILE = "factors.json"
+FILE_FORMAT = "workbench-kfac-factors-1"
+PROVENANCE_KEY = "provenance"
+"""Key of the provenance JSON in a factors file's safetensors header."""
 GOLD_KEY = "gold_labels"
 """A batch of a stream may carry its gold labels (ViT classifiers) under this key."""
 
 Batch = Mapping[str, torch.Tensor]
+
+
+def in_process_group() -> bool:
+    """Whether this process is one of two or more in an initialised ``torch.distributed`` group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -78,6 +87,22 @@ class FactorSums:
             g={n: self.g[n] + other.g[n].to(self.g[n].device) for n in self.g},
             count=self.count + other.count,
         )
+
+    def all_reduce(self) -> FactorSums:
+        """Add the sums and counts of every process of the current ``torch.distributed`` group
+        in place (one all-reduce per tensor, at the end of a collection); nothing to do without
+        a group of two or more. Gloo on CPU, NCCL on CUDA: the tensors stay where they are."""
+        if not in_process_group():
+            return self
+        import torch.distributed as dist
+
+        for tensor in (*self.a.values(), *self.g.values()):
+            dist.all_reduce(tensor)
+        device = next(iter(self.a.values())).device if self.a else torch.device("cpu")
+        count = torch.tensor([self.count], dtype=torch.int64, device=device)
+        dist.all_reduce(count)
+        self.count = int(count.item())
+        return self
 
     def factors(
         self, *, in_place: bool = False
@@ -149,15 +174,11 @@ class KFACFactors:
                 )
 
     # -- files ---------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        """Write ``factors.safetensors`` and ``factors.json`` into ``folder`` atomically."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"{n}.A": t.detach().cpu().contiguous() for n, t in self.a.items()}
-        tensors |= {f"{n}.G": t.detach().cpu().contiguous() for n, t in self.g.items()}
-        meta = {
+    def provenance(self) -> dict[str, Any]:
+        """What a factors file records beside the tensors: the model (spec and weights digest),
+        the weights, the positions counted and how they were collected (corpus, seed, ...)."""
+        return {
+            "format": FILE_FORMAT,
             "names": self.names,
             "n_positions": self.n_positions,
             "labels": self.labels,
@@ -165,33 +186,50 @@ class KFACFactors:
             "model_digest": self.model_digest,
             "extra": self.extra,
         }
-        token = secrets.token_hex(4)
-        tmp_tensors = folder / f".{FACTORS_FILE}.{token}"
-        tmp_meta = folder / f".{META_FILE}.{token}"
-        try:
-            save_file(tensors, str(tmp_tensors))
-            tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-            os.replace(tmp_tensors, folder / FACTORS_FILE)
-            os.replace(tmp_meta, folder / META_FILE)
-        finally:
-            tmp_tensors.unlink(missing_ok=True)
-            tmp_meta.unlink(missing_ok=True)
-        return folder
+
+    def save(self, path: str | Path) -> Path:
+        """Write the factors to ``path`` (a ``.safetensors`` file; its header holds the
+        provenance) and the provenance to ``path`` with suffix ``.json``, for people to read.
+        Each file is written under a temporary name and renamed into place."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise DataError(f"a factors file ends in .safetensors; got {path.name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{n}.A": t.detach().cpu().contiguous() for n, t in self.a.items()}
+        tensors |= {f"{n}.G": t.detach().cpu().contiguous() for n, t in self.g.items()}
+        provenance = json.dumps(self.provenance(), indent=2) + "\n"
+        for target, write in (
+            (path.with_suffix(".json"), lambda tmp: tmp.write_text(provenance)),
+            (path, lambda tmp: save_file(tensors, str(tmp), {PROVENANCE_KEY: provenance})),
+        ):
+            tmp = target.parent / sibling_name(target.name, "tmp")
+            try:
+                write(tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> KFACFactors:
+    def load(cls, path: str | Path) -> KFACFactors:
+        """The factors ``save`` (or ``workbench factors collect``) wrote to ``path``."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        if not (folder / FACTORS_FILE).is_file() or not (folder / META_FILE).is_file():
-            raise WorkbenchError(
-                f"{folder} holds no saved factors (expected {FACTORS_FILE} and {META_FILE})"
-            )
-        meta = json.loads((folder / META_FILE).read_text())
-        tensors = load_file(str(folder / FACTORS_FILE))
+        meta = read_provenance(path)
+        try:
+            tensors = load_file(str(path))
+            a = {n: tensors[f"{n}.A"] for n in meta["names"]}
+            g = {n: tensors[f"{n}.G"] for n in meta["names"]}
+        except (OSError, KeyError, ValueError, SafetensorError) as err:
+            raise DataError(
+                f"factors file {path} is damaged ({one_line(err)}); collect it again"
+            ) from None
         return cls(
-            a={n: tensors[f"{n}.A"] for n in meta["names"]},
-            g={n: tensors[f"{n}.G"] for n in meta["names"]},
+            a=a,
+            g=g,
             n_positions=meta["n_positions"],
             labels=meta["labels"],
             model_spec=meta["model_spec"],
@@ -228,6 +266,46 @@ def resolve_weights(model: LoadedModel, weights: str | Sequence[str]) -> list[st
     return names
 
 
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance in a factors file's header (cheap: no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"factors file {path} does not exist; write one with `workbench factors collect`"
+        )
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = (f.metadata() or {}).get(PROVENANCE_KEY)
+        meta = json.loads(header) if header else None
+    except (OSError, ValueError, SafetensorError) as err:  # not safetensors, or a damaged header
+        raise DataError(f"{path} is not a readable factors file ({one_line(err)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
+        raise DataError(
+            f"{path} is not a factors file written by `workbench factors collect` or "
+            "KFACFactors.save"
+        )
+    return meta
+
+
+def check_factors_file(model: LoadedModel, path: str | Path, names: Sequence[str]) -> None:
+    """Refuse, before any heavy work, a factors file of another model or without ``names``."""
+    meta = read_provenance(path)
+    if meta["model_digest"] != model.digest():
+        raise DataError(
+            f"{path} holds factors of {meta['model_spec']} ({meta['model_digest'][:19]}), not of "
+            f"{model.spec} ({model.digest()[:19]}); collect them on this model: workbench "
+            f"factors collect --model {model.spec} --out FILE"
+        )
+    missing = [n for n in names if n not in meta["names"]]
+    if missing:
+        raise DataError(
+            f"{path} has no factors for {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; collect them with --param weights=..."
+        )
+
+
 # -- collection --------------------------------------------------------------------------------
 def collect_factors(
     model: LoadedModel,
@@ -253,7 +331,12 @@ def collect_factors(
     ``layers_per_pass`` > 0 takes that many weights per pass over the stream (less memory for
     the sums, one more read of the stream per group); ``checkpointing`` recomputes each block's
     activations in the backward pass instead of keeping them. Deterministic under ``seed``:
-    every pass draws the same labels.
+    each sequence's sampled labels depend on the seed and its index in the stream only, so
+    every pass, batch size and split across processes draws the same labels.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` group), each process gives its own
+    shard of the stream (``TokenBatches(..., shard=(rank, world))``) and every process returns
+    the factors of all shards: the sums and counts are all-reduced once, at the end.
     """
     if labels not in LABEL_MODES:
         raise DataError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
@@ -262,8 +345,8 @@ def collect_factors(
             f"K-FAC factors need a causal LM or a ViT classifier; {model.spec} is a "
             f"{model.family} model"
         )
-    if batch_size < 1 or layers_per_pass < 0:
-        raise DataError("batch_size must be at least 1 and layers_per_pass at least 0")
+    if batch_size < 1 or layers_per_pass < 0 or seed < 0:
+        raise DataError("batch_size must be at least 1, layers_per_pass and seed at least 0")
     names = resolve_weights(model, weights)
     if model.family == "vit" and model.head_labels is None:
         raise FamilyError(
@@ -305,6 +388,12 @@ def collect_factors(
             else FactorSums({**sums.a, **part.a}, {**sums.g, **part.g}, part.count)
         )
     assert sums is not None
+    processes = 1
+    if in_process_group():
+        import torch.distributed as dist
+
+        processes = dist.get_world_size()
+        sums.all_reduce()
     a, g = sums.factors(in_place=True)
     return KFACFactors(
         a=a,
@@ -316,6 +405,7 @@ def collect_factors(
         extra={
             "seed": seed,
             "passes": len(groups),
+            "processes": processes,
             "seconds": round(time.perf_counter() - started, 2),
         },
     )
@@ -368,7 +458,7 @@ def factor_sums(
 
     fns = {f"{n}.input": on_input(n) for n in names}
     fns |= {f"{n}.output": on_output(n) for n in names}
-    generator = torch.Generator().manual_seed(seed)
+    seen = 0
     params = list({id(p): p for p in (model.parameter(n) for n in names)}.values())
     flags = [p.requires_grad for p in params]
     count = 0
@@ -385,11 +475,16 @@ def factor_sums(
             for batch in batches:
                 batch = dict(batch)
                 gold = batch.pop(GOLD_KEY, None)
+                index = batch.pop(SEQUENCE_KEY, None)
+                rows = len(next(iter(batch.values())))
+                if index is None:  # a stream without indices: its order gives them
+                    index = torch.arange(seen, seen + rows)
+                seen += rows
                 valid = _valid_positions(model, batch)
                 state["valid"] = None if valid is None else valid.to(model.device)
                 outputs.clear()
                 out = model.forward(batch, grad=True)
-                loss = _loss(model, out, batch, state["valid"], labels, gold, generator)
+                loss = _loss(model, out, batch, state["valid"], labels, gold, (seed, index))
                 missing = [nm for nm in names if nm not in outputs]
                 if missing:
                     raise DataError(f"weights {missing} were not used by the forward pass")
@@ -447,6 +542,7 @@ def _batches(
     parts = []
     for start in range(0, n, batch_size):
         part = {k: v[start : start + batch_size] for k, v in batch.items()}
+        part[SEQUENCE_KEY] = torch.arange(start, min(start + batch_size, n))
         if gold is not None:
             part[GOLD_KEY] = gold[start : start + batch_size]
         parts.append(part)
@@ -488,16 +584,24 @@ def _valid_positions(model: LoadedModel, batch: Mapping[str, torch.Tensor]) -> t
     return None
 
 
-def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One label per row drawn from softmax(logits), by inverting the cumulative distribution.
+def sequence_uniforms(seed: int, index: torch.Tensor, n: int) -> torch.Tensor:
+    """(len(index), n) uniforms on the CPU, row i drawn from its own generator seeded by
+    (``seed``, ``index[i]``): the draws of a sequence do not depend on the batch it is in, nor on
+    the process of a data-parallel run that reads it, nor on the device."""
+    rows = [np.random.default_rng([seed, int(i)]).random(n) for i in index.tolist()]
+    return torch.from_numpy(np.stack(rows)).float() if rows else torch.zeros(0, n)
+
+
+def sample_labels(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One label per row drawn from softmax(logits), by inverting the cumulative distribution
+    at ``uniforms`` (one per row, in [0, 1)).
 
     Equivalent to ``torch.multinomial`` (one draw) and several times faster over a large
-    vocabulary; the uniforms come from the CPU ``generator``, so draws do not depend on the
-    device.
+    vocabulary.
     """
     with torch.no_grad():
         cdf = torch.softmax(logits.float(), dim=-1).cumsum_(-1)
-        u = torch.rand(cdf.shape[0], 1, generator=generator).to(cdf.device) * cdf[:, -1:]
+        u = uniforms.reshape(-1, 1).to(cdf.device, cdf.dtype) * cdf[:, -1:]
         return torch.searchsorted(cdf, u).squeeze(1).clamp_max_(cdf.shape[-1] - 1)
 
 
@@ -508,11 +612,17 @@ def _loss(
     valid: torch.Tensor | None,
     labels: str,
     gold: torch.Tensor | None,
-    generator: torch.Generator,
+    draws: tuple[int, torch.Tensor],
 ) -> torch.Tensor:
-    """Summed loss whose gradient at each position is that position's own token loss gradient."""
+    """Summed loss whose gradient at each position is that position's own token loss gradient.
+
+    ``draws`` is (seed, each row's sequence index): sampled labels come from
+    ``sequence_uniforms``.
+    """
+    seed, index = draws
     logits = out.logits if hasattr(out, "logits") else out
     if model.family == "causal-lm":
+        positions = logits.shape[1]
         logits = _rows(logits, valid).float()
         if labels == "gold":
             ids = batch["input_ids"].to(logits.device)
@@ -520,7 +630,8 @@ def _loss(
             target[:, :-1] = ids[:, 1:]
             target = _rows(target[..., None], valid)[:, 0]
         else:
-            target = sample_labels(logits, generator)
+            u = sequence_uniforms(seed, index, positions)
+            target = sample_labels(logits, _rows(u[..., None], valid)[:, 0])
         return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
     logits = logits.float()
     multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
@@ -531,10 +642,10 @@ def _loss(
         target = gold.float() if multi_label else gold.long()
     elif multi_label:
         with torch.no_grad():
-            u = torch.rand(logits.shape, generator=generator).to(logits.device)
+            u = sequence_uniforms(seed, index, logits.shape[-1]).to(logits.device)
             target = (u < torch.sigmoid(logits)).float()
     else:
-        target = sample_labels(logits, generator)
+        target = sample_labels(logits, sequence_uniforms(seed, index, 1))
     if multi_label:
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
     return torch.nn.functional.cross_entropy(logits, target, reduction="sum")

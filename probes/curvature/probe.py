@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,14 +19,20 @@ from probes.curvature.data import (
     CurvatureData,
     check_fits,
     factor_batches,
+    factor_corpus_name,
     memorization_set,
 )
-from probes.curvature.factors import KFACFactors, collect_factors, resolve_weights
+from probes.curvature.factors import (
+    KFACFactors,
+    check_factors_file,
+    collect_factors,
+    resolve_weights,
+)
 from probes.curvature.memorization import Evaluation, evaluate, score_text
 from probes.curvature.plots import figures
 from workbench.capture import capture
 from workbench.edit import edited
-from workbench.errors import DataError, FamilyError
+from workbench.errors import DataError, FamilyError, OutputExistsError
 from workbench.models import LoadedModel
 from workbench.models.loader import backend_note
 from workbench.probe import Findings, run_frame
@@ -46,7 +54,9 @@ def check(model: LoadedModel, config: Config) -> None:
             f"{model.spec} ({model.backend} backend) exposes no named weights to edit; load it "
             "with backend='hf'"
         )
-    resolve_weights(model, config.weights)
+    names = resolve_weights(model, config.weights)
+    if config.factors:
+        check_factors_file(model, config.factors, names)
 
 
 @run_frame(name=NAME, config=Config, families=FAMILIES, figures=figures, check=check)
@@ -167,19 +177,38 @@ def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Find
     return Findings(metrics, arrays, _summary(model.spec, metrics), backend_note(model))
 
 
-def factors_for(model: LoadedModel, config: Config) -> KFACFactors:
+def factors_for(model: LoadedModel, config: Config, shard: tuple[int, int] = (0, 1)) -> KFACFactors:
     """K-FAC factors of the configured weights over the configured factor corpus, as ``run``
-    collects them: pass them back in ``CurvatureData(canaries, factors)`` to reuse them."""
+    collects them: pass them back in ``CurvatureData(canaries, factors)``, or save them and
+    give the file as ``factors=FILE``, to reuse them.
+
+    ``shard=(rank, world)``: this process's share of a data-parallel collection under
+    ``torchrun`` (every process gets the factors of the whole corpus back). With
+    ``config.factors`` set, the factors are read from that file instead (refused when they were
+    collected on another model).
+    """
+    if config.factors:
+        check_factors_file(model, config.factors, resolve_weights(model, config.weights))
+        return KFACFactors.load(config.factors)
     with torch_threads(threads_for(model, config.threads)):
-        return collect_factors(
+        factors = collect_factors(
             model,
-            factor_batches(model, config),
+            factor_batches(model, config, shard),
             resolve_weights(model, config.weights),
             labels=config.labels,
             seed=config.seed,
             layers_per_pass=config.layers_per_pass,
             checkpointing=config.checkpointing,
+            progress=shard[0] == 0,
         )
+    factors.extra |= {
+        "corpus": factor_corpus_name(model, config),
+        "text_field": config.text_field,
+        "factor_tokens": config.factor_tokens,
+        "seq_len": config.seq_len,
+        "batch_size": config.batch_size,
+    }
+    return factors
 
 
 # -- which sequences are memorized -------------------------------------------------------------
@@ -556,3 +585,50 @@ def _summary(spec: str, m: dict) -> str:
         f"the controls (membership AUC {m['kfac']['membership_auc']:.2f})."
     )
     return text
+
+
+def collect_factors_file(
+    spec: str,
+    out: str | Path,
+    *,
+    params: dict[str, Any] | None = None,
+    preset: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    overwrite: bool = False,
+) -> KFACFactors:
+    """``workbench factors collect``: the factors ``run`` would collect with these settings,
+    written to ``out`` (``.safetensors``, provenance JSON beside it) for ``factors=FILE``.
+
+    Under ``torchrun`` each process loads the model, reads its shard of the corpus and takes
+    part in one all-reduce at the end; rank 0 writes the file. Every setting, the corpus path
+    and the output are checked before the model is loaded.
+    """
+    from workbench.distributed import torchrun_process
+    from workbench.models import load_model
+    from workbench.models.loader import peek_family
+    from workbench.probe import make_config
+
+    out = Path(out).expanduser()
+    if out.suffix != ".safetensors":
+        raise DataError(f"--out is a .safetensors file; got {out.name}")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    config = make_config(NAME, preset=preset, params=params)
+    assert isinstance(config, Config)
+    if config.factor_corpus and not Path(config.factor_corpus).expanduser().exists():
+        raise DataError(
+            f"corpus {config.factor_corpus} does not exist; give a text file, JSONL, folder or "
+            "dataset"
+        )
+    family = peek_family(spec)
+    if family not in FAMILIES:
+        raise FamilyError(f"curvature factors need a causal LM; {spec} is a {family} model")
+    with torchrun_process(device) as process:
+        model = load_model(spec, device=process.device, dtype=dtype)
+        if process.world > 1 and config.threads == 0:
+            config = dataclasses.replace(config, threads=process.threads)
+        factors = factors_for(model, config, process.shard)
+        if process.leader:
+            factors.save(out)
+    return factors

@@ -26,6 +26,9 @@ import torch
 
 from workbench.errors import DataError
 
+SEQUENCE_KEY = "sequence_index"
+"""Key of each batch row's place in the whole packed stream (``TokenBatches``): what makes a
+consumer's per-sequence randomness independent of batching and of sharding across processes."""
 UNKNOWN_WARNING_SHARE = 0.05
 """Texts with more than this share of unknown tokens get a warning (``encode_texts``)."""
 TEXT_SUFFIXES = (".txt", ".md")
@@ -162,7 +165,12 @@ class TokenBatches:
     ``documents`` is called once per pass and must return a fresh iterable each time. Tokens of
     consecutive documents are joined with ``separator_id`` (the end-of-text token; None joins
     them directly) and cut into full sequences; the last, partial one is dropped. Each batch is
-    ``{"input_ids", "attention_mask"}`` with ``batch_size`` rows (fewer in the last batch).
+    ``{"input_ids", "attention_mask", SEQUENCE_KEY}`` with ``batch_size`` rows (fewer in the
+    last batch); ``SEQUENCE_KEY`` holds each row's index in the whole packed stream.
+
+    ``shard=(rank, world)`` keeps every ``world``-th sequence, starting at ``rank``: the
+    processes of a data-parallel job each read the documents and pack them alike (tokenising is
+    cheap next to the model), and together see every sequence of one process's pass once.
     """
 
     documents: Callable[[], Iterable[str]]
@@ -171,6 +179,7 @@ class TokenBatches:
     max_tokens: int
     batch_size: int = 8
     separator_id: int | None = None
+    shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or self.max_tokens < self.seq_len or self.batch_size < 1:
@@ -178,18 +187,24 @@ class TokenBatches:
                 f"need seq_len >= 2, max_tokens >= seq_len and batch_size >= 1; got "
                 f"{self.seq_len}, {self.max_tokens}, {self.batch_size}"
             )
+        rank, world = self.shard
+        if world < 1 or not 0 <= rank < world:
+            raise DataError(f"shard is (rank, world) with 0 <= rank < world; got {self.shard}")
 
     @property
     def n_sequences(self) -> int:
-        """Sequences a pass yields when the corpus is long enough."""
-        return self.max_tokens // self.seq_len
+        """Sequences a pass of this shard yields when the corpus is long enough."""
+        rank, world = self.shard
+        return len(range(rank, self.max_tokens // self.seq_len, world))
 
     @property
     def n_tokens(self) -> int:
         return self.n_sequences * self.seq_len
 
-    def sequences(self) -> Iterator[list[int]]:
-        """The packed sequences, one at a time."""
+    def indexed_sequences(self) -> Iterator[tuple[int, list[int]]]:
+        """This shard's packed sequences with their index in the whole stream, one at a time."""
+        rank, world = self.shard
+        total = self.max_tokens // self.seq_len
         buffer: list[int] = []
         made = 0
         for doc in self.documents():
@@ -198,16 +213,22 @@ class TokenBatches:
                 buffer.append(self.separator_id)
             buffer.extend(ids)
             while len(buffer) >= self.seq_len:
-                yield buffer[: self.seq_len]
+                if made % world == rank:
+                    yield made, buffer[: self.seq_len]
                 buffer = buffer[self.seq_len :]
                 made += 1
-                if made >= self.n_sequences:
+                if made >= total:
                     return
 
+    def sequences(self) -> Iterator[list[int]]:
+        """This shard's packed sequences, one at a time."""
+        for _, seq in self.indexed_sequences():
+            yield seq
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rows: list[list[int]] = []
-        for seq in self.sequences():
-            rows.append(seq)
+        rows: list[tuple[int, list[int]]] = []
+        for row in self.indexed_sequences():
+            rows.append(row)
             if len(rows) == self.batch_size:
                 yield _batch(rows)
                 rows = []
@@ -225,6 +246,7 @@ class TokenBatches:
         return torch.tensor(rows, dtype=torch.long)
 
 
-def _batch(rows: list[list[int]]) -> dict[str, torch.Tensor]:
-    ids = torch.tensor(rows, dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+def _batch(rows: list[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([seq for _, seq in rows], dtype=torch.long)
+    index = torch.tensor([i for i, _ in rows], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), SEQUENCE_KEY: index}
