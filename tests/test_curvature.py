@@ -164,6 +164,11 @@ def test_factors_save_and_load_exactly(scratch_models, tmp_path):
     ]
     with pytest.raises(DataError, match=r"ends in \.safetensors"):
         factors.save(tmp_path / "f" / "factors.pt")
+    kept = factors.eigenbases(progress=False)
+    released = back.eigenbases(progress=False, release=True)
+    assert not back.a and not back.g  # each weight's factors dropped once decomposed
+    for n in factors.names:
+        assert torch.equal(released[n].u_g, kept[n].u_g) and torch.equal(released[n].mu, kept[n].mu)
 
 
 def _tiny_vit_classifier(folder):

@@ -147,19 +147,22 @@ class KFACFactors:
         *,
         device: torch.device | str | None = None,
         progress: bool = True,
+        release: bool = False,
     ) -> dict[str, Eigenbasis]:
         """Eigen-decomposition of each weight's factors (sorted descending), on ``device``
-        (where the factors are, by default)."""
+        (where the factors are, by default). ``release`` drops each weight's factors once
+        decomposed, so the factors and their bases are never all in memory at once."""
         names = self.names if names is None else list(names)
         missing = [n for n in names if n not in self.a]
         if missing:
             raise DataError(f"no factors for {missing}; collected: {', '.join(self.names)}")
         out = {}
         for n in tqdm(names, desc="eigendecomposition", unit="weight", disable=not progress):
-            a, g = self.a[n], self.g[n]
+            a, g = (self.a.pop(n), self.g.pop(n)) if release else (self.a[n], self.g[n])
             if device is not None:
                 a, g = a.to(device), g.to(device)
             out[n] = eigendecompose(a, g)
+            del a, g
         return out
 
     def check_model(self, model: LoadedModel) -> None:

@@ -87,9 +87,10 @@ def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Find
     canaries = memorization_set(model, config) if data is None else data.canaries
     check_fits(model, canaries, config.seq_len)
 
+    given = factors is not None  # the caller's factors stay whole: they may be used again
     if factors is None:
         factors = factors_for(model, config)
-    bases = factors.eigenbases(names, device=model.device)
+    bases = factors.eigenbases(names, device=model.device, release=not given)
     collection = {
         "factor_positions": factors.n_positions,
         "factor_seconds": factors.extra.get("seconds"),
