@@ -1,5 +1,5 @@
 """Reweaving overhead: a reweaved forward (capture + reconstruction + injection in the same pass)
-against a plain forward of the same model.
+against a plain forward of the same model; and the quick preset end to end at real size.
 
 A 6-layer, d=384 GPT-2 (random weights, GPT-2's vocabulary size) runs 8 x 256 tokens, plain
 and reweaved (sources blocks 0-2, injected before block 4), and with the causal read over
@@ -7,11 +7,17 @@ positions; then the same for the zoo LM neox-recall (8 x 256 tokens) and the emb
 encoder (32 sentences) when they are available.
 Runs are interleaved round by round so machine load hits all of them alike; ratios are medians
 over rounds against the plain forward.
+
+Then the quick preset runs end to end on a GPT-2 124M-shape model (published config, random
+weights: timing, not science) in a fresh process: wall time, CPU time, peak memory. Target: at
+most 3 minutes. On a busy machine the wall time grows with the load; the CPU time is what a
+quiet machine would need on one core.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +27,9 @@ import torch
 from probes.reweave.operator import Reweaving, reweave
 from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel, load_model
+from workbench.models.published import save_published_shape
 
-from _common import interleaved_medians, save_reference_gpt2
+from _common import interleaved_medians, quick_on_shapes, quick_preset_run, save_reference_gpt2
 
 
 def compare(lm: LoadedModel, inputs: dict, rounds: int) -> dict[str, float]:
@@ -57,7 +64,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (one is steadiest on a busy machine)"
     )
+    parser.add_argument("--skip-quick", action="store_true", help="skip the end-to-end run")
+    parser.add_argument(
+        "--also", nargs="*", default=[], help="more published shapes for the quick preset"
+    )
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     results = {}
@@ -97,7 +109,17 @@ def main() -> None:
     for name, key in (("neox-recall", "zoo_lm_overhead"), ("minilm", "minilm_overhead")):
         if name in results:
             line += f" {key}={results[name]['reweave'] / results[name]['plain']:.3f}"
-    print(line)
+    others = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_quick:
+            quick = quick_preset_run("reweave", save_published_shape(Path(tmp) / "gpt2", "gpt2"))
+            line += (
+                f" quick_minutes={quick['wall_s'] / 60:.1f}"
+                f" quick_cpu_minutes={quick['cpu_s'] / 60:.1f} quick_peak_gb={quick['peak_gb']:.2f}"
+            )
+        others = quick_on_shapes("reweave", args.also, Path(tmp))
+    print(f"load average at the start: {load:.1f} on {os.cpu_count()} cores")
+    print(" ".join(filter(None, [line, others, f"load={load:.1f}"])))
 
 
 if __name__ == "__main__":

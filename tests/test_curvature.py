@@ -10,7 +10,7 @@ import torch
 from probes import curvature
 from probes.curvature import compute
 from probes.curvature import probe as curvature_probe
-from probes.curvature.data import default_canary_set
+from probes.curvature.data import memorization_set
 from probes.curvature.edit import kfac_edit, kfac_weights, svd_weights
 from probes.curvature.factors import KFACFactors, collect_factors
 from probes.curvature.widget import CurvatureExplorer
@@ -152,8 +152,8 @@ def test_sampling_is_deterministic_under_the_seed(scratch_models):
 def test_factors_save_and_load_exactly(scratch_models, tmp_path):
     lm = load_model(scratch_models["gpt2"])
     factors = collect_factors(lm, {"input_ids": torch.randint(6, 250, (3, 6))}, progress=False)
-    factors.save(tmp_path / "f")
-    back = KFACFactors.load(tmp_path / "f")
+    factors.save(tmp_path / "f" / "factors.safetensors")
+    back = KFACFactors.load(tmp_path / "f" / "factors.safetensors")
     assert back.names == factors.names and back.n_positions == factors.n_positions
     assert back.model_digest == lm.digest()
     for n in factors.names:
@@ -162,6 +162,13 @@ def test_factors_save_and_load_exactly(scratch_models, tmp_path):
         "factors.json",
         "factors.safetensors",
     ]
+    with pytest.raises(DataError, match=r"ends in \.safetensors"):
+        factors.save(tmp_path / "f" / "factors.pt")
+    kept = factors.eigenbases(progress=False)
+    released = back.eigenbases(progress=False, release=True)
+    assert not back.a and not back.g  # each weight's factors dropped once decomposed
+    for n in factors.names:
+        assert torch.equal(released[n].u_g, kept[n].u_g) and torch.equal(released[n].mu, kept[n].mu)
 
 
 def _tiny_vit_classifier(folder):
@@ -402,12 +409,14 @@ def test_bad_input_fails_before_work(scratch_models, monkeypatch):
         curvature.Config(sweep=(0.9, 0.0))
     with pytest.raises(ConfigError, match="labels must be one of"):
         curvature.Config(labels="argmax")
-    with pytest.raises(ConfigError, match="factor_sequences must lie in"):
-        curvature.Config(factor_sequences=10**8)
+    with pytest.raises(ConfigError, match="factor_tokens must lie in"):
+        curvature.Config(factor_tokens=10**10)
+    with pytest.raises(ConfigError, match="held_out_tokens must lie in"):
+        curvature.Config(held_out_tokens=8, seq_len=64)
     with pytest.raises(ConfigError, match="regular expression"):
         curvature.Config(weights="mlp(")
-    with pytest.raises(DataError, match="does not know the canary corpus"):
-        curvature.run(lm)  # its vocabulary is w0..w249, not the corpus's words
+    with pytest.raises(DataError, match="unknown to"):
+        curvature.run(lm)  # its vocabulary is w0..w249: the shipped English is all unknown
 
     def science_ran(*args):
         raise AssertionError("the model check must refuse before the science starts")
@@ -421,7 +430,7 @@ def test_bad_input_fails_before_work(scratch_models, monkeypatch):
 def zoo_lm_and_result():
     lm = load_model("zoo:gpt2-canaries")
     saved = _state(lm)
-    config = curvature.Config(sweep=(0.97,), svd_sweep=(0.7, 0.99), held_out_sequences=200)
+    config = curvature.Config(sweep=(0.97,), svd_sweep=(0.7, 0.99), held_out_tokens=12800)
     result = curvature.run(lm, config)
     assert _same_state(lm, saved)
     return lm, result
@@ -432,16 +441,16 @@ def test_zoo_edit_removes_recitation_of_frequent_canaries_at_under_one_percent(z
     lm, result = zoo_lm_and_result
     m = result.metrics
     for group in ("x16", "x64"):  # the unedited model recites them all, the edit none
-        assert m["base"]["by_repetition"][group]["strict"] == 1.0
-        assert m["kfac"]["by_repetition"][group]["strict"] == 0.0
-        assert m["kfac"]["by_repetition"][group]["loose"] == 0.0
-    assert m["base"]["by_repetition"]["unseen"]["loose"] == 0.0
+        assert m["base"]["by_group"][group]["strict"] == 1.0
+        assert m["kfac"]["by_group"][group]["strict"] == 0.0
+        assert m["kfac"]["by_group"][group]["loose"] == 0.0
+    assert m["base"]["by_group"]["unseen"]["loose"] == 0.0
     assert 0.0 < m["perplexity_change_pct"] < 1.0
     # SVD truncation at the same perplexity keeps reciting: the basis matters, not the budget.
     assert abs(m["svd_matched_perplexity"] / m["perplexity_after"] - 1) < 0.002
     assert m["svd_strict_at_matched_perplexity"] >= 0.5
     # Recitation is gone but a likelihood trace is left: memorized still beat unseen canaries.
-    assert m["kfac"]["nll_memorized"] < m["kfac"]["nll_unseen"] - 2.0
+    assert m["kfac"]["nll_memorized"] < m["kfac"]["nll_control"] - 2.0
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in lm.model.modules())
     assert result.provenance["model_digest"] == lm.digest()
     assert set(result.figures) >= {"tradeoff", "recitations", "spectra", "mass", "activation_ratio"}
@@ -473,14 +482,14 @@ def test_vocabulary_model_runs_end_to_end_quickly(tmp_path):
     folder = save_random_model(tmp_path / "m", "gpt2", words=list(VOCABULARY), n_positions=64)
     lm = load_model(folder)
     config = curvature.Config(
-        sweep=(0.9,), svd_sweep=(0.9,), match_svd=False, factor_sequences=32, held_out_sequences=16
+        sweep=(0.9,), svd_sweep=(0.9,), match_svd=False, factor_tokens=2048, held_out_tokens=1024
     )
     result = curvature.run(lm, config)
     assert result.metrics["strict_before"] == 0.0
     assert "svd_matched" not in result.metrics
     bands = len(result.arrays["band_labels"])
     assert result.arrays["ratio_kfac_memorized"].shape == (2, bands)  # W_in of both blocks
-    assert result.arrays["ratio_svd_unseen"].shape == (2, bands)
+    assert result.arrays["ratio_svd_control"].shape == (2, bands)
 
 
 def test_factors_given_in_the_data_are_used_instead_of_collected(tmp_path, monkeypatch):
@@ -490,10 +499,10 @@ def test_factors_given_in_the_data_are_used_instead_of_collected(tmp_path, monke
     folder = save_random_model(tmp_path / "m", "gpt2", words=list(VOCABULARY), n_positions=64)
     lm = load_model(folder)
     config = curvature.Config(
-        sweep=(0.9,), svd_sweep=(0.9,), match_svd=False, factor_sequences=32, held_out_sequences=16
+        sweep=(0.9,), svd_sweep=(0.9,), match_svd=False, factor_tokens=2048, held_out_tokens=1024
     )
-    canaries = default_canary_set(lm, config)
-    factors = curvature_probe.factors_for(lm, config, canaries)
+    canaries = memorization_set(lm, config)
+    factors = curvature_probe.factors_for(lm, config)
     collected = curvature.run(lm, config, curvature.CurvatureData(canaries))
 
     def no_collection(*args, **kwargs):
@@ -503,7 +512,7 @@ def test_factors_given_in_the_data_are_used_instead_of_collected(tmp_path, monke
     reused = curvature.run(lm, config, curvature.CurvatureData(canaries, factors))
     for key in ("perplexity_before", "perplexity_after", "kept_components", "factor_positions"):
         assert reused.metrics[key] == collected.metrics[key], key
-    for key in ("kfac_sweep_perplexity", "eig_G.blocks.0.mlp.W_in", "ratio_kfac_unseen"):
+    for key in ("kfac_sweep_perplexity", "eig_G.blocks.0.mlp.W_in", "ratio_kfac_control"):
         np.testing.assert_array_equal(reused.arrays[key], collected.arrays[key])
     with pytest.raises(DataError, match="lack"):
         every_mlp = curvature.Config(weights=r"mlp\.W_", sweep=(0.9,), svd_sweep=(0.9,))

@@ -1,5 +1,5 @@
 """The ``workbench`` command: list, run, demo, trajectory, sweep, report, export, compare, zoo,
-store.
+store, factors.
 
 Bad input and a failing disk end a command with one line ``error: ...`` and exit code 2, never
 a traceback.
@@ -8,6 +8,7 @@ a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +30,11 @@ zoo_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 store_app = typer.Typer(help="Activation stores: extract once, probe many.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+factors_app = typer.Typer(
+    help="K-FAC factors: collect once (data-parallel under torchrun), reuse in curvature runs.",
+    no_args_is_help=True,
+)
+app.add_typer(factors_app, name="factors")
 
 
 def _describe(err: Exception) -> str:
@@ -443,6 +449,57 @@ def store_info(
 
     with _one_line_errors():
         typer.echo(open_store(folder).describe())
+
+
+@factors_app.command("collect")
+def factors_collect(
+    model: Annotated[str, typer.Option(help="hub id, local folder or zoo:NAME")],
+    out: Annotated[Path, typer.Option(help="the factors file, NAME.safetensors")],
+    corpus: Annotated[
+        str,
+        typer.Option(help="text file, JSONL, folder or saved dataset; empty: the probe's default"),
+    ] = "",
+    tokens: Annotated[
+        int | None, typer.Option(help="token budget of the corpus (factor_tokens)")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="curvature setting, key=value (weights, seq_len, labels, ...)"),
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="curvature preset")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
+) -> None:
+    """Collect the curvature probe's K-FAC factors into a file (use: --param factors=FILE).
+
+    Under `torchrun --nproc-per-node N -m workbench.cli factors collect ...` each process reads
+    its share of the corpus and the sums are all-reduced once at the end.
+    """
+    from probes.curvature.probe import collect_factors_file
+    from workbench.probe import parse_params
+
+    params: dict[str, object] = dict(parse_params(param or []))
+    if corpus:
+        params["factor_corpus"] = corpus
+    if tokens is not None:
+        params["factor_tokens"] = tokens
+    with _one_line_errors():
+        started = time.time()
+        factors = collect_factors_file(
+            model,
+            out,
+            params=params,
+            preset=preset,
+            device=device,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+    if os.environ.get("RANK", "0") == "0":  # one line per job, not per process
+        typer.echo(
+            f"{out}: {len(factors.names)} weights over {factors.n_positions} positions, "
+            f"{factors.extra.get('processes', 1)} process(es) ({time.time() - started:.0f} s)"
+        )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m workbench.cli`

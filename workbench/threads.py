@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -32,3 +33,22 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+LARGE_MODEL_PARAMETERS = 20_000_000
+"""From this many parameters on, a model's matrix products are big enough to use every core."""
+
+
+def threads_for(model: Any, requested: int = 0) -> int:
+    """``requested`` threads, or for 0 every core for large models and one for small ones.
+
+    A machine whose load average already fills every core gets one thread: threads that wait
+    for each other at every matrix product run several times slower than one thread alone.
+    """
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    parameters = sum(p.numel() for p in model.model.parameters())
+    if parameters < LARGE_MODEL_PARAMETERS or os.getloadavg()[0] >= cores:
+        return 1
+    return cores

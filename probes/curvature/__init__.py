@@ -1,6 +1,7 @@
 """curvature: memorization in the spectrum of loss curvature (K-FAC weight edit vs SVD).
 
-The pieces stay in their modules: ``data`` (canary sets), ``factors`` (K-FAC factors),
+The pieces stay in their modules: ``data`` (sequences to recite, held-out and factor text),
+``factors`` (K-FAC factors),
 ``edit`` (the edit and its SVD baseline as new weights), ``memorization`` (recitation and
 perplexity), ``compute`` (eigenbases and component selection), ``probe.factors_for``.
 """

@@ -53,8 +53,12 @@ class Eigenbasis:
 
 
 def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (descending, negatives from rounding clamped to 0) and eigenvectors, float64."""
-    m = matrix.to(torch.float64)
+    """Eigenvalues (descending, negatives from rounding clamped to 0) and eigenvectors.
+
+    In float64 on the matrix's own device (float32 where the device has no float64).
+    """
+    dtype = torch.float32 if matrix.device.type == "mps" else torch.float64
+    m = matrix.to(dtype)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise DataError(f"a K-FAC factor must be square; got shape {tuple(m.shape)}")
     if not torch.isfinite(m).all():
@@ -73,8 +77,8 @@ def eigendecompose(a: torch.Tensor, g: torch.Tensor) -> Eigenbasis:
 
 # -- selection by curvature mass ---------------------------------------------------------------
 def _check_spectra(lam: torch.Tensor, mu: torch.Tensor, rho: float) -> tuple[torch.Tensor, ...]:
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    mu = torch.as_tensor(mu, dtype=torch.float64)
+    lam = torch.as_tensor(lam).to("cpu", torch.float64)  # spectra are short: select on the CPU
+    mu = torch.as_tensor(mu).to("cpu", torch.float64)
     if lam.ndim != 1 or mu.ndim != 1 or not len(lam) or not len(mu):
         raise DataError("eigenvalues must be non-empty 1-D arrays")
     if (lam < 0).any() or (mu < 0).any():
@@ -178,7 +182,7 @@ def select_by_mass_heap(lam: Sequence[float], mu: Sequence[float], rho: float) -
 
 def counts_to_mask(counts: torch.Tensor, n: int) -> torch.Tensor:
     """The (out, in) boolean mask of a staircase selection."""
-    return torch.arange(n)[None, :] < counts[:, None]
+    return torch.arange(n, device=counts.device)[None, :] < counts[:, None]
 
 
 def kept_fraction(counts: torch.Tensor, n: int) -> float:
@@ -190,7 +194,7 @@ def mass_curve(
     lam: torch.Tensor, mu: torch.Tensor, points: int = 200
 ) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of components kept, fraction of mass kept), highest mass first, log-spaced."""
-    products = torch.outer(lam.double(), mu.double()).flatten()
+    products = torch.outer(lam.double().cpu(), mu.double().cpu()).flatten()
     ordered = torch.sort(products, descending=True).values
     cumulative = torch.cumsum(ordered, 0)
     total = float(cumulative[-1]) if len(cumulative) else 0.0
@@ -201,41 +205,78 @@ def mass_curve(
 
 # -- edits -------------------------------------------------------------------------------------
 def coordinates(weight: torch.Tensor, basis: Eigenbasis) -> torch.Tensor:
-    """C = U_Gᵀ W U_A in float64: the weight in the curvature eigenbasis."""
+    """C = U_Gᵀ W U_A in the basis's dtype and device: the weight in the curvature eigenbasis."""
     _check_weight(weight, basis)
-    return basis.u_g.T @ weight.to(torch.float64) @ basis.u_a
+    return basis.u_g.T @ weight.to(basis.u_g.device, basis.u_g.dtype) @ basis.u_a
 
 
-def masked_weight(weight: torch.Tensor, basis: Eigenbasis, counts: torch.Tensor) -> torch.Tensor:
-    """W' = U_G (C ⊙ M) U_Aᵀ for the staircase ``counts``, in the weight's dtype."""
-    c = coordinates(weight, basis)
-    kept = c * counts_to_mask(counts, c.shape[1])
-    return (basis.u_g @ kept @ basis.u_a.T).to(weight.dtype)
+def masked_weight(
+    weight: torch.Tensor,
+    basis: Eigenbasis,
+    counts: torch.Tensor,
+    coords: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """W' = U_G (C ⊙ M) U_Aᵀ for the staircase ``counts``, in the weight's dtype.
+
+    ``coords`` (from ``coordinates``) saves recomputing C when many edits share a basis. Only
+    the rows and columns the staircase reaches enter the products, and a float32 (or half)
+    weight is rebuilt in float32, which is exact to its own precision.
+    """
+    c = coordinates(weight, basis) if coords is None else coords
+    counts = counts.to(c.device)
+    nonzero = torch.nonzero(counts)
+    if not len(nonzero):
+        return torch.zeros_like(weight)
+    rows, cols = int(nonzero.max()) + 1, int(counts.max())
+    kept = c[:rows, :cols] * counts_to_mask(counts[:rows], cols)
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    u_g, u_a = basis.u_g[:, :rows].to(dtype), basis.u_a[:, :cols].to(dtype)
+    return (u_g @ kept.to(dtype) @ u_a.T).to(weight.device, weight.dtype)
 
 
-def kfac_weight(weight: torch.Tensor, basis: Eigenbasis, rho: float) -> torch.Tensor:
+def kfac_weight(
+    weight: torch.Tensor, basis: Eigenbasis, rho: float, coords: torch.Tensor | None = None
+) -> torch.Tensor:
     """The K-FAC edit of one weight at mass fraction ``rho`` (ρ = 1 returns W unchanged)."""
     if rho >= 1.0:
         return weight.detach().clone()
-    return masked_weight(weight, basis, select_by_mass(basis.lam, basis.mu, rho))
+    return masked_weight(weight, basis, select_by_mass(basis.lam, basis.mu, rho), coords)
 
 
-def svd_weight(weight: torch.Tensor, energy: float) -> tuple[torch.Tensor, int]:
+Svd = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(U, σ, Vᵀ) of a weight, float64, as ``torch.linalg.svd(..., full_matrices=False)`` gives."""
+
+
+def weight_svd(weight: torch.Tensor) -> Svd:
+    u, s, vh = torch.linalg.svd(weight.to(torch.float64), full_matrices=False)
+    return u, s, vh
+
+
+def svd_weight(
+    weight: torch.Tensor, energy: float, svd: Svd | None = None
+) -> tuple[torch.Tensor, int]:
     """Rank truncation keeping the top singular components with ``energy`` of Σσ²; and the rank.
 
     The baseline the paper compares against: it ranks directions by how large they are in W,
-    not by how much the loss depends on them.
+    not by how much the loss depends on them. ``svd`` (from ``weight_svd``) saves recomputing it.
     """
     if not 0.0 < energy <= 1.0:
         raise DataError(f"the SVD energy to keep must lie in (0, 1]; got {energy}")
     if energy >= 1.0:
         return weight.detach().clone(), min(weight.shape)
-    u, s, vh = torch.linalg.svd(weight.to(torch.float64), full_matrices=False)
+    u, s, vh = weight_svd(weight) if svd is None else svd
     share = torch.cumsum(s**2, 0) / (s**2).sum()
-    rank = int(torch.searchsorted(share, torch.tensor([energy], dtype=torch.float64))[0]) + 1
+    rank = (
+        int(
+            torch.searchsorted(
+                share, torch.tensor([energy], dtype=share.dtype, device=share.device)
+            )[0]
+        )
+        + 1
+    )
     rank = min(rank, len(s))
     truncated = (u[:, :rank] * s[:rank]) @ vh[:rank]
-    return truncated.to(weight.dtype), rank
+    return truncated.to(weight.device, weight.dtype), rank
 
 
 def _check_weight(weight: torch.Tensor, basis: Eigenbasis) -> None:
@@ -340,20 +381,24 @@ def band_activation(
     """Mean output norm ||(C ⊙ M_b) U_inᵀ x|| of each band b over the input rows ``inputs``.
 
     ``coords`` are the weight's coordinates in some (output basis, input basis) pair and
-    ``u_in`` the input basis: the curvature eigenbasis, or the singular vectors for SVD.
+    ``u_in`` the input basis: the curvature eigenbasis, or the singular vectors for SVD. Float32
+    is plenty for a ratio of norms.
     """
-    z = inputs.to(torch.float64) @ u_in
-    return np.array([float((z @ (coords * mask).T).norm(dim=1).mean()) for mask in masks])
+    z = inputs.to(u_in.device, torch.float32) @ u_in.float()
+    c = coords.float()
+    return np.array([float((z @ (c * mask.to(c.device)).T).norm(dim=1).mean()) for mask in masks])
 
 
 def svd_band_masks(
-    weight: torch.Tensor, edges: Sequence[float]
+    weight: torch.Tensor, edges: Sequence[float], svd: Svd | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """SVD coordinates diag(σ), right singular vectors, and band masks by cumulative σ² energy."""
-    _, s, vh = torch.linalg.svd(weight.to(torch.float64), full_matrices=False)
+    _, s, vh = weight_svd(weight) if svd is None else svd
     share = torch.cumsum(s**2, 0) / (s**2).sum()
     ranks = [
-        int(torch.searchsorted(share, torch.tensor([e], dtype=torch.float64))[0]) + 1 for e in edges
+        int(torch.searchsorted(share, torch.tensor([e], dtype=share.dtype, device=share.device))[0])
+        + 1
+        for e in edges
     ]
     k = len(s)
     bounds = [0, *[min(r, k) for r in ranks], k]

@@ -9,7 +9,7 @@ from typing import Literal
 from workbench.errors import ConfigError
 from workbench.probe import Metric, ProbeConfig, at_least, between, require
 
-MAX_SEQUENCES = 100_000
+MAX_TOKENS = 1_000_000_000
 MAX_SWEEP = 100
 """At most this many points per sweep: each point is a full evaluation of an edited model."""
 
@@ -31,29 +31,68 @@ class Config(ProbeConfig):
     """Fractions of Σσ² the SVD baseline keeps, for the same curve."""
     match_svd: bool = True
     """Also find the SVD truncation whose held-out perplexity matches the edit's at ``rho``."""
+    match_steps: int = 14
+    """Bisection steps of that search (each one evaluates an edited model)."""
     labels: Literal["sampled", "gold"] = "sampled"
     """``sampled``: labels drawn from the model's own prediction (true Fisher); ``gold``: the
     next tokens of the text (empirical Fisher)."""
+    factors: str = ""
+    """A factors file (``workbench factors collect --out FILE``, or ``KFACFactors.save``) to use
+    instead of collecting factors; one collected on another model is refused before any work.
+    The factor corpus settings below are then not used."""
+    factor_corpus: str = ""
+    """Text the curvature is estimated on, streamed under ``factor_tokens``: a text file, a
+    JSONL file (field ``text_field``), a folder of .txt/.md/.jsonl files, or a ``datasets``
+    dataset saved with ``save_to_disk``. Empty: the shipped collection (Python's documentation)
+    on a real LM, fresh canary-corpus text on a model of the canary vocabulary (the zoo)."""
+    held_out: str = ""
+    """Held-out text for perplexity and nDCG@k, in the same formats. Empty: the shipped
+    collection's held-out part, or the canary corpus's held-out text."""
+    memorized: str = ""
+    """A JSONL file of sequences to test for recitation: ``{"prefix": ..., "suffix": ...}`` per
+    line (or ``{"text": ...}``, split after ``prefix_tokens`` tokens). Empty: the shipped
+    candidates (licence texts, famous openings) on a real LM, the planted canaries on the zoo.
+    The finder keeps those the unedited model recites (``memorized_if``)."""
+    text_field: str = "text"
+    """Field of JSONL records and column of datasets that holds the text."""
     factor_data: Literal["text", "train"] = "text"
-    """What curvature is estimated on: ``text`` (fresh background text, no canaries) or
-    ``train`` (the start of the model's training stream, canaries included)."""
-    factor_sequences: int = 1024
-    """Sequences streamed to estimate the factors (64 tokens each for the canary corpus)."""
-    held_out_sequences: int = 400
-    """Held-out sequences for perplexity and nDCG@k."""
-    prefix_len: int = 16
-    """Canary words given as the prompt; the rest is the suffix to recite."""
+    """Canary corpus only: estimate curvature on fresh background text (``text``, no canaries)
+    or on the start of the model's training stream (``train``, canaries included)."""
+    factor_tokens: int = 65536
+    """Token budget of the factor corpus. Factor collection costs about one forward and
+    backward per token: 65536 tokens take ~0.5 min on zoo:gpt2-canaries and ~10-15 min for
+    GPT-2 124M on two CPU cores."""
+    held_out_tokens: int = 25600
+    """Held-out tokens for perplexity and nDCG@k. Every evaluated edit (the base model, each
+    ρ, each SVD fraction, each matching step) runs one forward over them."""
+    seq_len: int = 64
+    """Tokens per sequence of factor and held-out text."""
+    prefix_tokens: int = 16
+    """Tokens of each sequence given as the prompt (after the tokenizer's BOS); the paper uses
+    64 on OLMo-2."""
+    suffix_tokens: int = 16
+    """Tokens of each sequence to recite greedily after the prompt; the paper uses 48."""
+    memorized_if: Literal["strict", "loose"] = "strict"
+    """Which candidates form the memorized set: those the unedited model recites verbatim
+    (``strict``) or at least loosely. Canary corpora use ``memorized_min_repetitions``."""
     memorized_min_repetitions: int = 16
-    """Canaries planted at least this often form the memorized set of the headline numbers."""
+    """Canary corpus: canaries planted at least this often form the memorized set."""
     loose_threshold: float = 0.75
     """Loose recitation: token-level similarity 1 - d/L at least this."""
     ndcg_k: int = 10
     corpus_seed: int = 0
     """Seed of the canary corpus; must be the seed the model was trained with (zoo: 0)."""
-    batch_size: int = 32
-    threads: int = 1
-    """Torch threads for the run (restored afterwards). Models this small run fastest on one;
-    on a busy machine more threads can be several times slower. Raise it for large models."""
+    batch_size: int = 16
+    """Sequences per batch of factor collection and evaluation."""
+    layers_per_pass: int = 0
+    """Weights whose factors are collected per pass over the factor corpus (0: all in one
+    pass). Fewer per pass bounds the memory of the sums; each pass reads the corpus again."""
+    checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them (less
+    memory, about one more forward of time)."""
+    threads: int = 0
+    """Torch threads for the run (restored afterwards); 0 sizes them to the model: every core
+    for models of 20M parameters or more, one for smaller ones (which run fastest on one)."""
 
     def check(self) -> None:
         try:
@@ -79,12 +118,15 @@ class Config(ProbeConfig):
             0.0 < self.loose_threshold <= 1.0,
             f"loose_threshold is a similarity in (0, 1]; got {self.loose_threshold}",
         )
-        between(self, 1, MAX_SEQUENCES, "factor_sequences", "held_out_sequences")
-        between(self, 1, 1000, "prefix_len", "ndcg_k")
+        between(self, 2, 1_000_000, "seq_len")
+        between(self, self.seq_len, MAX_TOKENS, "factor_tokens", "held_out_tokens")
+        between(self, 1, 100_000, "prefix_tokens", "suffix_tokens")
+        between(self, 1, 1000, "ndcg_k", "match_steps")
         between(self, 1, 4096, "batch_size")
-        between(self, 1, 256, "threads")
+        between(self, 0, 256, "threads")
+        at_least(self, 0, "layers_per_pass", "corpus_seed")
         at_least(self, 1, "memorized_min_repetitions")
-        at_least(self, 0, "corpus_seed")
+        require(bool(self.text_field), "text_field names the field that holds the text")
 
 
 METRICS = (
@@ -92,6 +134,7 @@ METRICS = (
     Metric("strict_after", "memorized set recited verbatim after the edit", "lower", percent=True),
     Metric("loose_after", "memorized set recited loosely after the edit", "lower", percent=True),
     Metric("perplexity_change_pct", "held-out perplexity change", "lower", unit="%"),
+    Metric("ndcg_after", "nDCG@k of the edited model's next tokens vs unedited", "higher"),
     Metric(
         "svd_strict_at_matched_perplexity",
         "SVD at matched perplexity: recited verbatim",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from probes.curvature import compute
 from workbench.errors import DataError
@@ -18,12 +20,22 @@ from workbench.models import LoadedModel
 
 
 def _logits(
-    model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor | None = None
+    model: LoadedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    keep: int = 0,
 ) -> torch.Tensor:
-    kwargs = {"input_ids": ids}
+    """Logits of ``ids``; with ``keep``, only those of the last ``keep`` positions (the
+    Hugging Face backend skips the output projection elsewhere)."""
+    batch: dict[str, Any] = {"input_ids": ids}
     if mask is not None:
-        kwargs["attention_mask"] = mask
-    return model(**kwargs).logits.float()
+        batch["attention_mask"] = mask
+    if keep and model.backend == "hf":
+        batch["logits_to_keep"] = keep
+    out = model.forward(batch)
+    logits = getattr(out, "logits", out)  # the TransformerLens backend returns the tensor
+    return (logits[:, -keep:] if keep else logits).float()
 
 
 def _by_length(seqs: Sequence[torch.Tensor]) -> dict[int, list[int]]:
@@ -37,23 +49,51 @@ def _by_length(seqs: Sequence[torch.Tensor]) -> dict[int, list[int]]:
 def greedy_continue(
     model: LoadedModel, prompts: Sequence[torch.Tensor], n_tokens: int, *, batch_size: int = 64
 ) -> list[torch.Tensor]:
-    """The ``n_tokens`` greedy (argmax) continuation of each prompt."""
+    """The ``n_tokens`` greedy (argmax) continuation of each prompt.
+
+    The Hugging Face backend decodes with its key/value cache: one forward over the prompts,
+    then one position per step.
+    """
     out: list[torch.Tensor | None] = [None] * len(prompts)
-    for _, idx in _by_length(prompts).items():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            ids = torch.stack([prompts[i] for i in chunk])
-            for _ in range(n_tokens):
-                next_id = _logits(model, ids)[:, -1].argmax(-1, keepdim=True)
-                ids = torch.cat([ids, next_id], dim=1)
-            for k, i in enumerate(chunk):
-                out[i] = ids[k, -n_tokens:]
+    chunks = [
+        idx[start : start + batch_size]
+        for idx in _by_length(prompts).values()
+        for start in range(0, len(idx), batch_size)
+    ]
+    for chunk in tqdm(chunks, desc="recitation", unit="batch", leave=False):
+        ids = torch.stack([prompts[i] for i in chunk])
+        new = _decode_greedily(model, ids, n_tokens)
+        for k, i in enumerate(chunk):
+            out[i] = new[k]
     return out  # type: ignore[return-value]
+
+
+def _decode_greedily(model: LoadedModel, ids: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    if model.backend != "hf":
+        for _ in range(n_tokens):
+            next_id = _logits(model, ids, keep=1)[:, -1].argmax(-1, keepdim=True).cpu()
+            ids = torch.cat([ids, next_id], dim=1)
+        return ids[:, -n_tokens:]
+    steps = []
+    batch: dict[str, Any] = {"input_ids": ids, "use_cache": True, "logits_to_keep": 1}
+    out = model.forward(batch)
+    for step in range(n_tokens):
+        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+        steps.append(next_id.cpu())
+        if step + 1 < n_tokens:
+            key = "cache" if "cache" in out else "past_key_values"  # the name before 5.2x
+            batch = {"input_ids": next_id, key: out[key], "use_cache": True}
+            out = model.forward(batch)
+    return torch.cat(steps, dim=1)
 
 
 @torch.no_grad()
 def continuation_nll(
-    model: LoadedModel, prompts: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
+    model: LoadedModel,
+    prompts: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    *,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """Mean negative log-likelihood per token (nats) of each target given its prompt."""
     seqs = [torch.cat([p, t]) for p, t in zip(prompts, targets, strict=True)]
@@ -61,13 +101,15 @@ def continuation_nll(
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
         groups.setdefault((len(p), len(t)), []).append(i)
-    for (p_len, _t_len), idx in groups.items():
-        ids = torch.stack([seqs[i] for i in idx])
-        logits = _logits(model, ids)[:, p_len - 1 : -1]
-        per_token = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), ids[:, p_len:], reduction="none"
-        )
-        nll[idx] = per_token.mean(dim=1).double().numpy()
+    for (_p_len, t_len), idx in groups.items():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            ids = torch.stack([seqs[i] for i in chunk])
+            logits = _logits(model, ids, keep=t_len + 1)[:, :-1]
+            per_token = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), ids[:, -t_len:].to(logits.device), reduction="none"
+            )
+            nll[chunk] = per_token.mean(dim=1).double().cpu().numpy()
     return nll
 
 
@@ -100,14 +142,14 @@ def score_text(
         ids = input_ids[start : start + batch_size]
         mask = attention_mask[start : start + batch_size]
         logits = _logits(model, ids, mask)[:, :-1]
-        valid = (mask[:, :-1] & mask[:, 1:]).bool()
+        valid = (mask[:, :-1] & mask[:, 1:]).bool().to(logits.device)
         nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), ids[:, 1:], reduction="none"
+            logits.transpose(1, 2), ids[:, 1:].to(logits.device), reduction="none"
         )
         total += float(nll[valid].double().sum())
         count += int(valid.sum())
         if k:
-            tops.append(logits[valid].topk(k, dim=-1).indices)
+            tops.append(logits[valid].topk(k, dim=-1).indices.cpu())
     mean = total / max(count, 1)
     return TextScore(
         perplexity=float(np.exp(mean)),
@@ -137,14 +179,15 @@ def evaluate(
     *,
     base_topk: torch.Tensor | None = None,
     loose_threshold: float = 0.75,
+    batch_size: int = 64,
 ) -> Evaluation:
-    """Greedy recitation and suffix likelihood of every canary, held-out perplexity, nDCG."""
+    """Greedy recitation and suffix likelihood of every sequence, held-out perplexity, nDCG."""
     n_tokens = max(len(t) for t in targets)
-    continuations = greedy_continue(model, prompts, n_tokens)
+    continuations = greedy_continue(model, prompts, n_tokens, batch_size=batch_size)
     rec = compute.recitation(continuations, targets, loose_threshold)
-    nll = continuation_nll(model, prompts, targets)
+    nll = continuation_nll(model, prompts, targets, batch_size=batch_size)
     k = 0 if base_topk is None else base_topk.shape[-1]
-    text = score_text(model, held_out, held_out_mask, k=k)
+    text = score_text(model, held_out, held_out_mask, k=k, batch_size=batch_size)
     ndcg = 1.0
     if base_topk is not None and text.topk is not None:
         ndcg = float(compute.ndcg_at_k(base_topk, text.topk).mean())

@@ -292,8 +292,15 @@ def _states(result: ProbeResult) -> list[tuple[str, str, dict]]:
     return states
 
 
+def _group_axis(result: ProbeResult) -> str:
+    if "repetitions" in result.arrays:
+        return "times the canary was planted in training"
+    return "sequences (controls: each candidate's words shuffled)"
+
+
 def repetition_figure(result: ProbeResult) -> go.Figure:
-    """Verbatim and loose recitation per repetition count, before and after each edit."""
+    """Verbatim and loose recitation per group (repetition count on a canary corpus), before and
+    after each edit."""
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -304,12 +311,12 @@ def repetition_figure(result: ProbeResult) -> go.Figure:
         horizontal_spacing=0.08,
     )
     for label, colour, state in _states(result):
-        groups = list(state["by_repetition"])
+        groups = list(state["by_group"])
         for col, key in ((1, "strict"), (2, "loose")):
             fig.add_trace(
                 go.Bar(
                     x=groups,
-                    y=[state["by_repetition"][g][key] for g in groups],
+                    y=[state["by_group"][g][key] for g in groups],
                     name=label,
                     legendgroup=label,
                     showlegend=col == 1,
@@ -321,9 +328,9 @@ def repetition_figure(result: ProbeResult) -> go.Figure:
                 row=1,
                 col=col,
             )
-    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", title_text="share of canaries", col=1)
+    fig.update_yaxes(range=[0, 1.12], tickformat=".0%", title_text="share of sequences", col=1)
     fig.update_yaxes(range=[0, 1.12], tickformat=".0%", col=2)
-    fig.update_xaxes(title_text="times the canary was planted in training")
+    fig.update_xaxes(title_text=_group_axis(result))
     fig.update_layout(
         template=TEMPLATE,
         barmode="group",
@@ -331,9 +338,9 @@ def repetition_figure(result: ProbeResult) -> go.Figure:
         width=1100,
         margin={"t": 160},
         title=_title(
-            "Recitation by repetition count",
-            f"{_spec(result)}: greedy continuation of each canary's prefix compared with its true "
-            "suffix; unseen canaries are the floor (chance of reciting a random sequence)",
+            "Recitation by group",
+            f"{_spec(result)}: greedy continuation of each sequence's prefix compared with its "
+            "true suffix; controls (unseen canaries, shuffled candidates) are the floor",
         ),
     )
     return fig
@@ -345,23 +352,23 @@ def likelihood_figure(result: ProbeResult) -> go.Figure:
         title=_title(
             "What the edit leaves behind: likelihood of the true suffix",
             f"{_spec(result)}: mean negative log-likelihood per suffix token; the gap between "
-            "memorized and unseen canaries after the edit is what a membership-inference attack "
-            "could still use",
+            "memorized sequences and controls after the edit is what a membership-inference "
+            "attack could still use",
             width=110,
         ),
         margin={"t": 130},
-        xaxis_title="times the canary was planted in training",
+        xaxis_title=_group_axis(result),
         yaxis_title="nats per token (lower = more likely)",
         barmode="group",
         height=460,
         width=1000,
     )
     for label, colour, state in _states(result):
-        groups = list(state["by_repetition"])
+        groups = list(state["by_group"])
         fig.add_trace(
             go.Bar(
                 x=groups,
-                y=[state["by_repetition"][g]["nll_per_token"] for g in groups],
+                y=[state["by_group"][g]["nll_per_token"] for g in groups],
                 name=f"{label} (membership AUC {state['membership_auc']:.2f})",
                 marker_color=colour,
                 texttemplate="%{y:.1f}",
@@ -369,11 +376,11 @@ def likelihood_figure(result: ProbeResult) -> go.Figure:
                 textfont={"size": 10},
             )
         )
-    unseen = result.metrics["base"]["nll_unseen"]
+    control = result.metrics["base"]["nll_control"]
     fig.add_hline(
-        y=unseen,
+        y=control,
         line={"dash": "dot", "color": "#b22"},
-        annotation_text=f"unseen canaries, unedited: {unseen:.2f}",
+        annotation_text=f"controls, unedited: {control:.2f}",
         annotation_position="top right",
     )
     return fig
@@ -392,7 +399,7 @@ def activation_ratio_figure(result: ProbeResult) -> go.Figure:
     )
     for i, name in enumerate(a["weight_names"].tolist()):
         for col, view in ((1, "kfac"), (2, "svd")):
-            for group, dash in (("memorized", "solid"), ("unseen", "dot")):
+            for group, dash in (("memorized", "solid"), ("control", "dot")):
                 fig.add_trace(
                     go.Scatter(
                         x=bands,
@@ -434,8 +441,8 @@ def activation_ratio_figure(result: ProbeResult) -> go.Figure:
         title=_title(
             "Which components do memorized sequences use?",
             f"{_spec(result)}: mean norm of each band's contribution to the layer output on "
-            "canary positions, divided by that on held-out text (1 = used like typical text). "
-            "Solid: memorized canaries; dotted: unseen canaries. Where solid and dotted lines "
+            "suffix positions, divided by that on held-out text (1 = used like typical text). "
+            "Solid: memorized sequences; dotted: controls. Where solid and dotted lines "
             "coincide, the band is used by unusual inputs in general, not by memorized ones "
             "in particular.",
         ),
@@ -448,12 +455,13 @@ def recitation_table(
     continuations: tuple[np.ndarray, np.ndarray] | None = None,
     label: str | None = None,
 ) -> go.Figure:
-    """Per canary: true suffix and the continuations before and after the edits; or, with
-    ``continuations`` (texts, distances), the unedited ones beside those of one edit."""
+    """Per sequence: true suffix and the continuations before and after the edits; or, with
+    ``continuations`` (texts, distances), the unedited ones beside those of one edit. A few rows
+    per group, most memorized group first."""
     a, m = result.arrays, result.metrics
-    reps = a["repetitions"]
+    group = a["group"]
     order = np.concatenate(
-        [np.nonzero(reps == r)[0][:TABLE_ROWS_PER_GROUP] for r in sorted(set(reps), reverse=True)]
+        [np.nonzero(group == g)[0][:TABLE_ROWS_PER_GROUP] for g in a["groups"][::-1]]
     )
     columns = [("unedited", a["base_continuation"], a["base_distance"])]
     if continuations is None:
@@ -462,9 +470,9 @@ def recitation_table(
             columns.append(("SVD, matched", a["svd_continuation"], a["svd_distance"]))
     else:
         columns.append((label or "edited", continuations[0], continuations[1]))
-    header = ["planted", "prompt (end)", "true suffix"]
+    header = ["group", "prompt (end)", "true suffix"]
     cells: list[list[str]] = [
-        [str(int(reps[i])) if reps[i] else "never" for i in order],
+        [str(group[i]) for i in order],
         ["… " + " ".join(str(a["prompt_text"][i]).split()[-4:]) for i in order],
         [str(a["target_text"][i]) for i in order],
     ]
@@ -488,7 +496,7 @@ def recitation_table(
         margin={"l": 10, "r": 10, "b": 10},
         title=_title(
             "Recitations before and after",
-            "greedy continuation of each canary's prompt; green = verbatim, yellow = loose match "
+            "greedy continuation of each sequence's prompt; green = verbatim, yellow = loose match "
             f"(similarity ≥ {threshold:g}), white = not recited; in brackets the normalised "
             "token-level Levenshtein distance to the true suffix",
         ),
@@ -516,13 +524,61 @@ def _fill(distance: float, threshold: float) -> str:
     return "white"
 
 
+def coherence_figure(result: ProbeResult) -> go.Figure:
+    """Held-out perplexity and nDCG@k against the share of components each edit keeps: the
+    trade-off view when no memorized set was found."""
+    a, m = result.arrays, result.metrics
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("held-out perplexity", f"nDCG@{m.get('ndcg_k', 10)} vs unedited"),
+        horizontal_spacing=0.1,
+    )
+    for prefix, label, colour in (
+        ("kfac", "K-FAC (ρ)", KFAC_COLOUR),
+        ("svd", "SVD (energy)", SVD_COLOUR),
+    ):
+        text = [f"{v:g}" for v in a[f"{prefix}_sweep_value"]]
+        for col, key in ((1, "perplexity"), (2, "ndcg")):
+            fig.add_trace(
+                go.Scatter(
+                    x=a[f"{prefix}_sweep_kept"],
+                    y=a[f"{prefix}_sweep_{key}"],
+                    mode="lines+markers+text",
+                    text=text,
+                    textposition="top right",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.add_hline(y=m["perplexity_before"], line={"dash": "dot", "color": BASE_COLOUR}, col=1)
+    fig.update_xaxes(title_text="share of components kept", tickformat=".0%")
+    fig.update_layout(
+        template=TEMPLATE,
+        height=470,
+        width=1000,
+        margin={"t": 150},
+        title=_title(
+            "What each edit costs (no memorized set was found)",
+            f"{_spec(result)}: {m['memorized_set']}; the dotted line is the unedited model",
+        ),
+    )
+    return fig
+
+
 def figures(result: ProbeResult) -> dict[str, go.Figure]:
-    return {
-        "tradeoff": tradeoff_figure(result),
-        "by_repetition": repetition_figure(result),
+    found = bool(result.metrics.get("memorized_found", 1))
+    out = {"tradeoff": tradeoff_figure(result) if found else coherence_figure(result)}
+    out |= {
+        "by_group": repetition_figure(result),
         "likelihood": likelihood_figure(result),
         "recitations": recitation_table(result),
-        "activation_ratio": activation_ratio_figure(result),
-        "spectra": spectra_figure(result),
-        "mass": mass_figure(result),
     }
+    if "band_labels" in result.arrays:
+        out["activation_ratio"] = activation_ratio_figure(result)
+    out |= {"spectra": spectra_figure(result), "mass": mass_figure(result)}
+    return out

@@ -75,7 +75,7 @@ class CurvatureExplorer(widgets.VBox):
         self.table.show(table)
         self.tradeoff.show(trade)
         memorized = a["memorized"]
-        strict = float((distance[memorized] == 0).mean())
+        strict = float((distance[memorized] == 0).mean()) if memorized.any() else float("nan")
         self.info.value = (
             f"<b>{html.escape(label)}</b>: held-out perplexity "
             f"{a[f'{prefix}_sweep_perplexity'][i]:.3f} (unedited "

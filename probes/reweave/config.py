@@ -35,6 +35,9 @@ class Config(ProbeConfig):
     fit_batch: int = 8
     fit_max_length: int = 128
     """Longest fitting prompts (they are drawn apart from the held-out ones)."""
+    fit_patience: int = 10
+    """Stop the fit once its loss (averaged over the last ``fit_patience`` steps) has not
+    improved by 1% for ``fit_patience`` steps; 0 always runs ``fit_steps``."""
     tasks: tuple[Literal["kv", "passkey"], ...] = ("kv", "passkey")
     lengths: tuple[int, ...] = ()
     """Prompt lengths for recall (tokens for word-level models, else words); empty: powers of
@@ -42,7 +45,14 @@ class Config(ProbeConfig):
     n_prompts: int = 48
     """Held-out prompts per task and length."""
     copy_buckets: int = 4
-    """Frequency buckets for rare-token copying (needs the model's ``token_counts.json``)."""
+    """Frequency buckets for rare-token copying, by the words' counts in the model's training
+    corpus (``token_counts.json``, zoo) or else in ``corpus``."""
+    corpus: str = ""
+    """Text whose word counts order the copy buckets when the model ships no training counts:
+    a text file, JSONL (field ``text_field``), folder or saved ``datasets`` dataset, read up to
+    ``corpus_words`` words. Empty: the shipped collection (Python's documentation)."""
+    text_field: str = "text"
+    corpus_words: int = 50_000
     copy_length: int = 32
     copy_prompts: int = 64
     """Passkey prompts per bucket for rare-token copying."""
@@ -56,6 +66,9 @@ class Config(ProbeConfig):
     max_map_tokens: int = 48
     """Longest example the maps draw (longer examples are cut)."""
     batch_size: int = 16
+    threads: int = 0
+    """Torch threads for the run (restored afterwards); 0 sizes them to the model: every core
+    for models of 20M parameters or more, one for smaller ones."""
 
     def check(self) -> None:
         between(self, 0, 1, "gate", "gate_sweep")
@@ -81,7 +94,10 @@ class Config(ProbeConfig):
             "fit_batch",
             "batch_size",
         )
-        between(self, 0, MAX_PROMPTS, "fit_steps")
+        between(self, 0, MAX_PROMPTS, "fit_steps", "fit_patience")
+        between(self, 1, 10**9, "corpus_words")
+        between(self, 0, 256, "threads")
+        require(bool(self.text_field), "text_field names the field that holds the text")
         between(self, 1, 1000, "copy_buckets")
         between(self, 4, MAX_LENGTH, "max_map_tokens")
         between(self, 1e-8, 10.0, "fit_lr")

@@ -58,6 +58,29 @@ def forward(
         return output_tensor(model.forward(batch, grad=grad))
 
 
+def last_logits(
+    model: LoadedModel,
+    batch: dict[str, torch.Tensor],
+    op: Reweaving | None = None,
+    *,
+    gate: float | None = None,
+    grad: bool = False,
+) -> torch.Tensor:
+    """(batch, vocab) logits at each row's last real token.
+
+    The Hugging Face backend projects only those positions onto the vocabulary
+    (``logits_to_keep``), which saves most of a large vocabulary's cost.
+    """
+    last = compute.last_positions(batch["attention_mask"])
+    if model.backend != "hf":
+        logits = forward(model, batch, op, gate=gate, grad=grad)
+        return compute.final_logits(logits, batch["attention_mask"])
+    keep = torch.unique(last)
+    logits = forward(model, {**batch, "logits_to_keep": keep}, op, gate=gate, grad=grad)
+    column = torch.searchsorted(keep, last).to(logits.device)
+    return logits[torch.arange(len(last), device=logits.device), column]
+
+
 def _batches(items: Sequence, size: int) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -75,15 +98,14 @@ def next_token_logits(
     out = []
     for chunk in _batches(prompts, batch_size):
         batch = encode(model, [p.text for p in chunk])
-        logits = forward(model, batch, op, gate=gate)
-        out.append(compute.final_logits(logits, batch["attention_mask"]).float())
+        out.append(last_logits(model, batch, op, gate=gate).float().cpu())
     return torch.cat(out)
 
 
 def correct(logits: torch.Tensor, vocab: Vocabulary, prompts: Sequence[RecallPrompt]) -> np.ndarray:
     """Whether the most likely next token is each prompt's answer."""
     answers = vocab.answer_ids([p.answer for p in prompts])
-    return (logits.argmax(-1) == answers).numpy()
+    return (logits.argmax(-1).cpu() == answers).numpy()
 
 
 @torch.no_grad()
@@ -182,32 +204,46 @@ def fit(
     steps: int,
     lr: float,
     seed: int = 0,
+    patience: int = 0,
 ) -> list[float]:
     """Adam on the operator's parameters (never the model's) to predict each prompt's answer.
 
     ``prompts`` are groups of equal length; each step takes one group at random. Gradients are
-    taken with ``torch.autograd.grad`` for the operator alone, so the model is not touched.
-    Returns the loss per step.
+    taken with ``torch.autograd.grad`` for the operator alone, so the model is not touched, and
+    only the last position of each prompt is projected onto the vocabulary. With ``patience``,
+    the fit stops once the mean loss of the last ``patience`` steps has not improved on its best
+    by 1% for ``patience`` steps. Returns the loss per step taken.
     """
     params = [p for name, p in op.named_parameters() if _learned(op, name)]
     optimizer = torch.optim.Adam(params, lr=lr)
     rng = np.random.default_rng(seed)
-    losses = []
+    losses: list[float] = []
     encoded = [
         (encode(model, [p.text for p in group]), vocab.answer_ids([p.answer for p in group]))
         for group in prompts
     ]
-    for _ in tqdm(range(steps), desc="fit reweaving", unit="step", leave=False):
+    best, since_best = float("inf"), 0
+    bar = tqdm(range(steps), desc="fit reweaving", unit="step", leave=False)
+    for _ in bar:
         batch, answers = encoded[int(rng.integers(len(encoded)))]
-        logits = forward(model, batch, op, grad=True)
-        last = compute.final_logits(logits, batch["attention_mask"])
-        loss = torch.nn.functional.cross_entropy(last.float(), answers)
+        last = last_logits(model, batch, op, grad=True)
+        loss = torch.nn.functional.cross_entropy(last.float(), answers.to(last.device))
         grads = torch.autograd.grad(loss, params)
         optimizer.zero_grad()
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         optimizer.step()
         losses.append(float(loss.detach()))
+        if patience and len(losses) >= patience:
+            recent = float(np.mean(losses[-patience:]))
+            if recent < 0.99 * best:
+                best, since_best = recent, 0
+            else:
+                since_best += 1
+            bar.set_postfix(loss=f"{recent:.3f}", refresh=False)
+            if since_best >= patience:
+                break
+    bar.close()
     for p in op.parameters():
         p.grad = None
     return losses

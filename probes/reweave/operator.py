@@ -184,7 +184,7 @@ class Reweaving(nn.Module):
             "gate_kind": np.array(self.gate_kind),
             "read": np.array(self.read),
         }
-        params = {k: v.detach().float().numpy() for k, v in self.state_dict().items()}
+        params = {k: v.detach().float().cpu().numpy() for k, v in self.state_dict().items()}
         return {f"{prefix}.{k}": v for k, v in {**meta, **params}.items()}
 
     @classmethod

@@ -108,9 +108,9 @@ def copy_figure(result: ProbeResult) -> go.Figure:
         height=430,
         title="Are rare words harder to copy?<br><sup>"
         f"{_spec(result)}: passkey prompts of {result.metrics['copy_length']} tokens whose "
-        "passkey comes from each quarter of the vocabulary by count in the training corpus "
-        "(rarest left)</sup>",
-        xaxis_title="how often the copied word occurs in the training corpus",
+        "passkey comes from each quarter of the vocabulary by its count in "
+        f"{result.metrics.get('copy_counts_from', 'the training corpus')} (rarest left)</sup>",
+        xaxis_title="how often the copied word occurs in that corpus",
         yaxis={"title": "passkey is the top token", "tickformat": ".0%", "range": [0, 1.03]},
     )
     return fig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -10,18 +12,24 @@ from probes.reweave import compute, measure
 from probes.reweave.config import Config
 from probes.reweave.data import (
     Vocabulary,
+    corpus_word_counts,
     default_example,
     prompts,
     recall_vocabulary,
     sentences,
     token_labels,
+    word_length,
 )
 from probes.reweave.operator import Reweaving
 from probes.reweave.plots import figures
 from workbench.data import recall
+from workbench.data.corpus import read_documents
+from workbench.data.texts import python_documents
 from workbench.errors import DataError
 from workbench.models import LoadedModel
+from workbench.models.loader import backend_note
 from workbench.probe import Findings, run_frame
+from workbench.threads import threads_for, torch_threads
 
 NAME = "reweave"
 FAMILIES = ("causal-lm", "encoder")
@@ -77,10 +85,15 @@ def run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings:
     destination's scale and, for encoders, the gate sweep); None: recall prompts (causal LMs)
     or neutral sentences (encoders).
     """
+    with torch_threads(threads_for(model, config.threads)):
+        return _run(model, config, data)
+
+
+def _run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings:
     check_texts(data)
     sources, target = resolve_layers(model, config)
     causal = model.family == "causal-lm"
-    vocab = recall_vocabulary(model) if causal else None
+    vocab = recall_vocabulary(model, _corpus_counts(config)) if causal else None
     lengths = resolve_lengths(model, vocab, config) if vocab is not None else []
     torch.manual_seed(config.seed)
 
@@ -99,7 +112,7 @@ def run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings:
     scale = measure.destination_scale(model, attention_texts, target)
     fixed = Reweaving(
         sources, target, model.d_model, gate=config.gate, read=config.read, scale=scale
-    )
+    ).to(model.device)
 
     metrics: dict = {
         "sources": list(sources),
@@ -130,7 +143,24 @@ def run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings:
     _example(model, config, vocab, ops, arrays)
     metrics.update(_attention_metrics(stats, list(ops), target))
     metrics["headline"] = _headline(metrics, causal)
-    return Findings(metrics, arrays, _summary(model.spec, metrics, list(ops), causal))
+    return Findings(
+        metrics, arrays, _summary(model.spec, metrics, list(ops), causal), backend_note(model)
+    )
+
+
+def _corpus_counts(config: Config) -> Callable[[list[str]], tuple[dict[str, int], str]]:
+    """Word counts for the copy buckets: ``config.corpus`` or the shipped collection."""
+
+    def counts(words: list[str]) -> tuple[dict[str, int], str]:
+        if config.corpus:
+            documents = read_documents(config.corpus, text_field=config.text_field)
+            source = config.corpus
+        else:
+            documents, source = python_documents("train"), "the shipped collection"
+        found = corpus_word_counts(documents, words, config.corpus_words)
+        return found, f"{source} (first {config.corpus_words:,} words)"
+
+    return counts
 
 
 def check_texts(texts: object) -> None:
@@ -171,7 +201,7 @@ def _recall_part(
             gate_kind=config.learned_gate,
             read=config.read,
             scale=scale,
-        )
+        ).to(model.device)
         fit_lengths = [n for n in lengths if n <= config.fit_max_length] or lengths[:1]
         groups = [
             prompts(vocab, task, length, config.fit_batch, config.seed + 5000 + 13 * i + k)
@@ -191,6 +221,7 @@ def _recall_part(
             steps=config.fit_steps,
             lr=config.fit_lr,
             seed=config.seed,
+            patience=config.fit_patience,
         )
         arrays["fit_loss"] = np.array(losses)
         arrays |= learned.to_arrays("op_learned")
@@ -228,7 +259,7 @@ def _recall_part(
     arrays["recall_chance"] = np.array(
         [
             [
-                recall.chance_accuracy(task, measure_words(vocab, n), len(vocab.words))
+                recall.chance_accuracy(task, word_length(vocab, n, task), len(vocab.words))
                 for n in lengths
             ]
             for task in tasks
@@ -266,6 +297,7 @@ def _recall_part(
         arrays["copy_bucket_labels"] = np.array([b[0] for b in buckets])
         arrays["copy_bucket_median_count"] = np.array([b[2] for b in buckets])
         metrics["copy_length"] = config.copy_length
+        metrics["copy_counts_from"] = vocab.counts_from
         for c, cond in enumerate(ops):
             metrics[f"copy_accuracy_{cond}"] = {
                 b[0]: round(float(copy[c, i]), 3) for i, b in enumerate(buckets)
@@ -286,12 +318,6 @@ def _recall_part(
     arrays["sweep_accuracy"] = np.array(acc)
     metrics["sweep_length"] = sweep_length
     return learned
-
-
-def measure_words(vocab: Vocabulary, length: int) -> int:
-    from probes.reweave.data import word_length
-
-    return word_length(vocab, length)
 
 
 # -- encoders: how far the output moves -------------------------------------------------------

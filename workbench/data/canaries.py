@@ -15,6 +15,8 @@ maps each word to one token.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -313,7 +315,13 @@ def make_canary_corpus(
     )
 
 
+def background_sequences(*, seq_len: int = 64, seed: int = 1) -> Iterator[str]:
+    """Fresh background sequences (no canaries), one at a time and without end."""
+    rng = np.random.default_rng([seed, 7])
+    while True:
+        yield grammar_sequence(rng, seq_len)
+
+
 def text_sample(n: int, *, seq_len: int = 64, seed: int = 1) -> list[str]:
     """``n`` fresh background sequences (no canaries), e.g. to estimate curvature on."""
-    rng = np.random.default_rng([seed, 7])
-    return [grammar_sequence(rng, seq_len) for _ in range(n)]
+    return list(itertools.islice(background_sequences(seq_len=seq_len, seed=seed), n))

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +254,13 @@ class LoadedModel:
     def encode_texts(
         self, texts: list[str], *, max_length: int | None = None
     ) -> dict[str, torch.Tensor]:
-        """Tokenise all texts together so every batch shares one padded length."""
+        """Tokenise all texts together so every batch shares one padded length.
+
+        Warns when more than 5% of a text's tokens are unknown to the tokenizer (the model sees
+        them all as one unknown token); special tokens never count as unknown.
+        """
+        from workbench.data.corpus import UNKNOWN_WARNING_SHARE, unknown_share
+
         if self.is_vision or self.processor is None:
             raise DataError(f"{self.spec} is a {self.family} model; it takes images, not text")
         if not texts:
@@ -264,7 +271,23 @@ class LoadedModel:
             padding=True,
             truncation=max_length is not None,
             max_length=max_length,
+            return_special_tokens_mask=True,
         )
+        real = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
+        shares = [
+            unknown_share(self.processor, text, ids[keep].tolist())
+            for text, ids, keep in zip(texts, enc["input_ids"], real, strict=True)
+        ]
+        worst = max(shares)
+        if worst > UNKNOWN_WARNING_SHARE:
+            flagged = sum(share > UNKNOWN_WARNING_SHARE for share in shares)
+            warnings.warn(
+                f"{flagged} of {len(texts)} text(s) have more than {UNKNOWN_WARNING_SHARE:.0%} of "
+                f"their tokens unknown to {self.spec}'s tokenizer (up to {worst:.0%}, e.g. "
+                f"{texts[shares.index(worst)][:60]!r}); the model reads each unknown word as "
+                f"{self.processor.unk_token!r}. Use words the model knows.",
+                stacklevel=2,
+            )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward_kwargs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:

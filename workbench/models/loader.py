@@ -582,12 +582,25 @@ BRIDGE_HOOKS = {
 def _load_bridge(
     spec: str, folder: Path, dtype: torch.dtype, placement: dict[str, Any]
 ) -> LoadedModel:
+    """A causal LM wrapped in TransformerLens's ``TransformerBridge``, lined up with the HF backend.
+
+    The tokenizer is the folder's own, loaded as for the HF backend, so texts become the same
+    ids (the bridge's tokenizer would put a BOS in front of GPT-2-style texts, which the HF
+    backend does not). The MLP matrices are named as for the HF backend (the bridge runs the
+    original modules), so weight edits and K-FAC work on both; attention matrices are not: the
+    bridge keeps split copies of a fused QKV projection beside it, which is also why its
+    parameter count exceeds the HF model's by those copies on GPT-2 and GPT-NeoX.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     one = _one_device(placement)
     place = {"device": one} if one is not None else placement
     bridge = TransformerBridge.boot_transformers(str(folder), dtype=dtype, **place)
     bridge.eval()
+    tokenizer = _load_tokenizer(folder)
+    with torch.no_grad():  # the bridge adds hooks of its own on its first forward: do it now
+        first = next(bridge.parameters()).device if one is None else one
+        bridge(torch.tensor([[tokenizer.eos_token_id or 0]], device=first))
     hook_names = set(bridge.hook_dict)
     n_layers = int(bridge.cfg.n_layers)
     sites: dict[str, Site] = {}
@@ -596,18 +609,37 @@ def _load_bridge(
             name = f"blocks.{i}.{hook}"
             if name in hook_names:
                 sites[f"blocks.{i}.{kind}"] = Site(f"blocks.{i}.{kind}", name, "output")
+    weights = {
+        name: w
+        for name, w in _block_weights("blocks", bridge.blocks).items()
+        if name.split(".")[2] == "mlp"
+    }
+    sites.update(_weight_sites(weights))
     return LoadedModel(
         spec=spec,
         family="causal-lm",
         model=bridge,
-        processor=bridge.tokenizer,
+        processor=tokenizer,
         sites=sites,
         n_layers=n_layers,
         d_model=int(bridge.cfg.d_model),
         model_type=_read_config(folder)["model_type"],
         source=folder,
         backend="transformer-lens",
+        weights=weights,
     )
+
+
+def backend_note(model: LoadedModel) -> dict[str, str]:
+    """What a result records about the backend it ran on (probes add it to their provenance)."""
+    note = {"backend": model.backend}
+    if model.backend == "transformer-lens":
+        note["backend_note"] = (
+            "TransformerLens bridge: the same token ids and MLP weights as the Hugging Face "
+            "backend; its parameter count also holds split copies of a fused QKV projection "
+            "(GPT-2, GPT-NeoX), which the Hugging Face count does not"
+        )
+    return note
 
 
 def peek_family(spec: str | Path) -> str:
