@@ -66,7 +66,7 @@ GATE_INIT = 0.1
 """Where the learned gate starts (the probe's post-hoc fit starts there too)."""
 READ = "none"
 """Each position gets its own reconstruction: the same operator the probe applies post hoc."""
-PHASES = ((800, 64, 32), (250, 256, 8))
+PHASES = ((1200, 64, 32), (500, 256, 8))
 """(steps, window length, windows per batch): neox-recall's schedule, shortened to fit a few
 CPU minutes per model."""
 OPERATOR_FILE = "reweaving.safetensors"
