@@ -3,7 +3,8 @@
 The pieces stay in their modules: ``data`` (sequences to recite, held-out and factor text),
 ``factors`` (K-FAC factors),
 ``edit`` (the edit and its SVD baseline as new weights), ``memorization`` (recitation and
-perplexity), ``compute`` (eigenbases and component selection), ``probe.factors_for``.
+perplexity), ``audit`` (membership inference and extraction by sampling after each edit),
+``compute`` (eigenbases and component selection), ``probe.factors_for``.
 """
 
 from probes.curvature.config import METRICS, Config

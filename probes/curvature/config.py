@@ -93,6 +93,19 @@ class Config(ProbeConfig):
     threads: int = 0
     """Torch threads for the run (restored afterwards); 0 sizes them to the model: every core
     for models of 20M parameters or more, one for smaller ones (which run fastest on one)."""
+    audit: bool = True
+    """Audit every edit for what recitation misses (``probes.curvature.audit``): four
+    membership-inference attacks (loss, zlib ratio, Min-K%, Min-K%++) on the memorized set vs
+    unseen sequences, and extraction by sampling. Costs one forward over the audited sequences
+    per evaluated edit, plus the sampling at the unedited, K-FAC and matched SVD states."""
+    audit_samples: int = 16
+    """Continuations sampled per prompt for extraction under sampling (0: no sampling)."""
+    audit_temperature: float = 1.0
+    audit_unseen: int = 200
+    """Canary corpus: fresh unseen canaries (same generator) added to the audit's non-members,
+    so that a true-positive rate at 1% false positives rests on enough negatives."""
+    min_k: float = 0.2
+    """Share of the least likely tokens Min-K% and Min-K%++ average (the papers' k = 20%)."""
 
     def check(self) -> None:
         try:
@@ -127,6 +140,12 @@ class Config(ProbeConfig):
         at_least(self, 0, "layers_per_pass", "corpus_seed")
         at_least(self, 1, "memorized_min_repetitions")
         require(bool(self.text_field), "text_field names the field that holds the text")
+        between(self, 0, 100_000, "audit_samples", "audit_unseen")
+        require(0.0 < self.min_k <= 1.0, f"min_k is a share of tokens in (0, 1]; got {self.min_k}")
+        require(
+            0.0 < self.audit_temperature <= 100.0,
+            f"audit_temperature must be positive; got {self.audit_temperature}",
+        )
 
 
 METRICS = (
@@ -167,5 +186,32 @@ METRICS = (
         percent=True,
         over="kfac_sweep_value",
         against="kfac_sweep_perplexity",
+    ),
+    Metric("mia_auc_loss_base", "membership AUC (loss attack), unedited", "neither"),
+    Metric("mia_auc_loss_kfac", "membership AUC (loss attack) after the edit", "lower"),
+    Metric("mia_auc_min_k_pp_kfac", "membership AUC (Min-K%++) after the edit", "lower"),
+    Metric("mia_auc_zlib_kfac", "membership AUC (zlib ratio) after the edit", "lower"),
+    Metric("mia_auc_min_k_kfac", "membership AUC (Min-K%) after the edit", "lower"),
+    Metric(
+        "mia_tpr1_loss_kfac", "loss attack: TPR at 1% FPR after the edit", "lower", percent=True
+    ),
+    Metric("mia_auc_loss_svd", "SVD at matched perplexity: membership AUC (loss)", "neither"),
+    Metric(
+        "sampled_any_exact_memorized_kfac",
+        "memorized set: some sample exact after the edit",
+        "lower",
+        percent=True,
+    ),
+    Metric(
+        "sampled_any_exact_memorized_svd",
+        "SVD at matched perplexity: some sample exact",
+        "neither",
+        percent=True,
+    ),
+    Metric(
+        "kfac_sweep_mia_auc_loss",
+        "membership AUC (loss attack), by ρ",
+        "lower",
+        over="kfac_sweep_value",
     ),
 )

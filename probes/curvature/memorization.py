@@ -6,7 +6,7 @@ groups of equal length, so no padding (and no position-id bookkeeping) is ever n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,16 +69,26 @@ def greedy_continue(
 
 
 def _decode_greedily(model: LoadedModel, ids: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    return decode(model, ids, n_tokens, lambda logits, _step: logits.argmax(-1, keepdim=True))
+
+
+def decode(
+    model: LoadedModel,
+    ids: torch.Tensor,
+    n_tokens: int,
+    choose: Callable[[torch.Tensor, int], torch.Tensor],
+) -> torch.Tensor:
+    """``n_tokens`` new ids after ``ids``; ``choose(last_logits, step)`` picks each (batch, 1)."""
     if model.backend != "hf":
-        for _ in range(n_tokens):
-            next_id = _logits(model, ids, keep=1)[:, -1].argmax(-1, keepdim=True).cpu()
+        for step in range(n_tokens):
+            next_id = choose(_logits(model, ids, keep=1)[:, -1], step).cpu()
             ids = torch.cat([ids, next_id], dim=1)
         return ids[:, -n_tokens:]
     steps = []
     batch: dict[str, Any] = {"input_ids": ids, "use_cache": True, "logits_to_keep": 1}
     out = model.forward(batch)
     for step in range(n_tokens):
-        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+        next_id = choose(out.logits[:, -1], step)
         steps.append(next_id.cpu())
         if step + 1 < n_tokens:
             key = "cache" if "cache" in out else "past_key_values"  # the name before 5.2x

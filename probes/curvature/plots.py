@@ -581,4 +581,7 @@ def figures(result: ProbeResult) -> dict[str, go.Figure]:
     if "band_labels" in result.arrays:
         out["activation_ratio"] = activation_ratio_figure(result)
     out |= {"spectra": spectra_figure(result), "mass": mass_figure(result)}
+    from probes.curvature.audit_plots import audit_figures  # it builds on this module
+
+    out |= audit_figures(result)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probes.curvature import compute
+from probes.curvature import audit, compute
 from probes.curvature.config import Config
 from probes.curvature.data import (
     CanarySet,
@@ -132,7 +133,7 @@ def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Find
     rhos = sorted({*config.sweep, config.rho})
     kfac_points, kept = [], []
     for rho in tqdm(rhos, desc="K-FAC edit sweep", unit="rho"):
-        new = {n: compute.kfac_weight(weights[n], bases[n], rho, coords[n]) for n in names}
+        new = _kfac_weights(weights, bases, coords, rho)
         kfac_points.append(measure(new))
         kept.append(_kept_share(bases, rho))
     svds = {n: compute.weight_svd(weights[n]) for n in tqdm(names, desc="SVD", unit="weight")}
@@ -175,7 +176,22 @@ def _run(model: LoadedModel, config: Config, data: CurvatureData | None) -> Find
         (energies, svd_points, svd_ranks),
         spectrum,
     )
-    return Findings(metrics, arrays, _summary(model.spec, metrics), backend_note(model))
+    summary = _summary(model.spec, metrics)
+    if config.audit:
+        kfac_at = partial(_kfac_weights, weights, bases, coords)
+        svd_at = partial(_svd_only, weights, svds)
+        states = {"base": lambda: None, "kfac": lambda: kfac_at(config.rho)}
+        if matched is not None:
+            states["svd"] = partial(svd_at, matched["energy"])
+        sweeps = {"kfac": (rhos, kfac_at), "svd": (energies, svd_at)}
+        found, more = audit.run_audit(
+            model, config, canaries, memorized, states=states, sweeps=sweeps
+        )
+        metrics |= found
+        arrays |= more
+        metrics["headline"] += [k for k in audit.HEADLINE if k in found]
+        summary += audit.summary(metrics)
+    return Findings(metrics, arrays, summary, backend_note(model))
 
 
 def factors_for(model: LoadedModel, config: Config, shard: tuple[int, int] = (0, 1)) -> KFACFactors:
@@ -256,6 +272,21 @@ def _svd_weights(
     for name, w in weights.items():
         new[name], ranks[name] = compute.svd_weight(w, energy, svds[name])
     return new, ranks
+
+
+def _kfac_weights(
+    weights: dict[str, torch.Tensor],
+    bases: dict[str, compute.Eigenbasis],
+    coords: dict[str, torch.Tensor],
+    rho: float,
+) -> dict[str, torch.Tensor]:
+    return {n: compute.kfac_weight(weights[n], bases[n], rho, coords[n]) for n in weights}
+
+
+def _svd_only(
+    weights: dict[str, torch.Tensor], svds: dict[str, compute.Svd], energy: float
+) -> dict[str, torch.Tensor]:
+    return _svd_weights(weights, svds, energy)[0]
 
 
 def _kept_share(bases: dict[str, compute.Eigenbasis], rho: float) -> float:

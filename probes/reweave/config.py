@@ -65,6 +65,9 @@ class Config(ProbeConfig):
     """Text of the attention maps; empty: a passkey prompt (causal LMs) or a sentence."""
     max_map_tokens: int = 48
     """Longest example the maps draw (longer examples are cut)."""
+    control: str = ""
+    """For a model trained with reweaving in it (``zoo:neox-reweave``): the same model trained
+    without (a spec); empty: the control its recipe names. Ignored for other models."""
     batch_size: int = 16
     threads: int = 0
     """Torch threads for the run (restored afterwards); 0 sizes them to the model: every core
@@ -117,6 +120,15 @@ METRICS = (
     Metric(
         "recall_by_length_fixed",
         "recall accuracy by prompt length, fixed reweaving",
+        percent=True,
+        over="lengths",
+    ),
+    Metric("recall_trained", "recall accuracy, trained with reweaving", percent=True),
+    Metric("recall_control", "recall accuracy, trained without (control)", "neither", percent=True),
+    Metric("recall_posthoc_fixed", "recall accuracy, control + post-hoc reweaving", percent=True),
+    Metric(
+        "recall_by_length_trained",
+        "recall accuracy by prompt length, trained with reweaving",
         percent=True,
         over="lengths",
     ),

@@ -15,6 +15,21 @@ from workbench.results import ProbeResult
 
 CONDITION_COLOURS = {"base": "#333333", "fixed": COLORWAY[1], "learned": COLORWAY[0]}
 CONDITION_NAMES = {"base": "base model", "fixed": "fixed reweaving", "learned": "learned reweaving"}
+CONDITION_COLOURS |= {
+    "control": "#333333",
+    "trained": COLORWAY[2],
+    "posthoc_fixed": COLORWAY[1],
+    "posthoc_learned": COLORWAY[0],
+    "ablated": COLORWAY[4],
+}
+CONDITION_NAMES |= {
+    "control": "control (trained without)",
+    "trained": "trained with reweaving",
+    "posthoc_fixed": "control + post-hoc fixed reweaving",
+    "posthoc_learned": "control + post-hoc fitted reweaving",
+    "ablated": "trained with, operator taken out",
+}
+"""The conditions of a model trained with reweaving (``probes.reweave.trained``)."""
 HEAD_VIEW_LEVELS = (0.02, 0.1, 0.3, 0.6)
 """Lower edges of the attention weights drawn at growing opacity and width in the head view."""
 _LEVEL_STYLE = ((0.15, 1.0), (0.35, 1.8), (0.6, 2.8), (0.9, 4.0))
@@ -338,10 +353,11 @@ def map_figure(
         if which == "difference"
         else {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0}
     )
+    first, second = (CONDITION_NAMES[c] for c in conditions(result)[:2])
     heading = {
-        "base": "Attention of the base model",
-        "reweaved": "Attention with the fixed reweaving",
-        "difference": "Change of attention: reweaved − base",
+        "base": f"Attention, {first}",
+        "reweaved": f"Attention, {second}",
+        "difference": f"Change of attention: {second} − {first}",
     }[which]
     fig = token_heatmap(
         values[layer, head],

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probes.reweave import compute, measure
+from probes.reweave import compute, measure, trained
 from probes.reweave.config import Config
 from probes.reweave.data import (
     Vocabulary,
@@ -97,18 +97,11 @@ def _run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings
     lengths = resolve_lengths(model, vocab, config) if vocab is not None else []
     torch.manual_seed(config.seed)
 
-    if data is not None:
-        attention_texts = list(data)
-    elif vocab is not None:
-        per_task = max(1, config.attention_prompts // len(config.tasks))
-        length = config.attention_length
-        attention_texts = [
-            p.text
-            for k, task in enumerate(config.tasks)
-            for p in prompts(vocab, task, length, per_task, config.seed + 1 + k)
-        ]
-    else:
-        attention_texts = sentences(config.attention_prompts, config.seed)
+    if vocab is not None:
+        op = trained.trained_operator(model)
+        if op is not None:
+            return trained.run_trained(model, config, op, vocab, lengths, data)
+    attention_texts = texts_for_attention(config, vocab, data)
     scale = measure.destination_scale(model, attention_texts, target)
     fixed = Reweaving(
         sources, target, model.d_model, gate=config.gate, read=config.read, scale=scale
@@ -146,6 +139,34 @@ def _run(model: LoadedModel, config: Config, data: list[str] | None) -> Findings
     return Findings(
         metrics, arrays, _summary(model.spec, metrics, list(ops), causal), backend_note(model)
     )
+
+
+def texts_for_attention(
+    config: Config, vocab: Vocabulary | None, data: list[str] | None
+) -> list[str]:
+    """The texts of the attention statistics: ``data``, else recall prompts (causal LMs) or
+    neutral sentences (encoders)."""
+    if data is not None:
+        return list(data)
+    if vocab is None:
+        return sentences(config.attention_prompts, config.seed)
+    per_task = max(1, config.attention_prompts // len(config.tasks))
+    return [
+        p.text
+        for k, task in enumerate(config.tasks)
+        for p in prompts(vocab, task, config.attention_length, per_task, config.seed + 1 + k)
+    ]
+
+
+def held_out_prompts(
+    config: Config, vocab: Vocabulary, lengths: list[int]
+) -> dict[tuple[str, int], list]:
+    """The recall prompts every condition is scored on, per (task, length)."""
+    pairs = [(t, n) for t in config.tasks for n in lengths]
+    return {
+        (task, length): prompts(vocab, task, length, config.n_prompts, config.seed + 1000 + 7 * i)
+        for i, (task, length) in enumerate(pairs)
+    }
 
 
 def _corpus_counts(config: Config) -> Callable[[list[str]], tuple[dict[str, int], str]]:
@@ -187,10 +208,7 @@ def _recall_part(
     arrays: dict,
 ) -> Reweaving | None:
     tasks = list(config.tasks)
-    held_out = {
-        (task, length): prompts(vocab, task, length, config.n_prompts, config.seed + 1000 + 7 * i)
-        for i, (task, length) in enumerate((t, n) for t in tasks for n in lengths)
-    }
+    held_out = held_out_prompts(config, vocab, lengths)
     learned = None
     if config.fit_steps > 0:
         learned = Reweaving(
@@ -358,12 +376,24 @@ def _example(
     ops: dict[str, Reweaving | None],
     arrays: dict,
 ) -> None:
+    example_maps(model, config, vocab, {name: (model, op) for name, op in ops.items()}, arrays)
+
+
+def example_maps(
+    model: LoadedModel,
+    config: Config,
+    vocab: Vocabulary | None,
+    rows: dict[str, tuple[LoadedModel, Reweaving | None]],
+    arrays: dict,
+) -> None:
+    """Attention maps of one text per condition (a model and its operator, or None); the
+    models share ``model``'s tokenizer."""
     text = config.example_text or default_example(model, vocab, config.seed)
     batch = measure.encode(model, [text])
     batch = {k: v[:, : config.max_map_tokens] for k, v in batch.items()}
     patterns = []
-    for op in ops.values():
-        per_layer = measure.attention_patterns(model, batch, op)
+    for row_model, op in rows.values():
+        per_layer = measure.attention_patterns(row_model, batch, op)
         patterns.append(torch.stack([p[0] for p in per_layer]).numpy())
     arrays["example_patterns"] = np.stack(patterns).astype(np.float32)
     arrays["example_tokens"] = np.array(token_labels(model, batch["input_ids"][0]))
