@@ -228,11 +228,12 @@ def _measure_recitation(
 ) -> Any:
     """Recitation per canary group and held-out perplexity; returns the canary set to reuse."""
     from probes.curvature.config import Config as CurvatureConfig
-    from probes.curvature.data import default_canary_set
+    from probes.curvature.data import canary_set
     from probes.curvature.memorization import evaluate
 
-    config = CurvatureConfig(held_out_sequences=held_out_sequences, factor_sequences=1, seed=seed)
-    canaries = canaries or default_canary_set(model, config)
+    seq_len = CurvatureConfig().seq_len
+    config = CurvatureConfig(held_out_tokens=held_out_sequences * seq_len, seed=seed)
+    canaries = canaries or canary_set(model, config)
     ev = evaluate(
         model,
         canaries.prompts,
@@ -241,8 +242,8 @@ def _measure_recitation(
         canaries.held_out_mask,
         loose_threshold=config.loose_threshold,
     )
-    for r in np.unique(canaries.repetitions):
-        group = canaries.repetitions == r
+    for r in np.unique(canaries.planted):
+        group = canaries.planted == r
         out.recitation.setdefault(f"strict:{r}", []).append(
             float(ev.recitation.strict[group].mean())
         )
