@@ -83,7 +83,7 @@ BROWSER_PARAMS: dict[str, dict] = {
     # browser shows and what the controls do, not the science (tests/test_notebooks.py runs the
     # quick presets themselves)
     "binding.ipynb": {"n_images": 30, "max_iter": 10, "bootstrap": 20},
-    "curvature.ipynb": {"factor_sequences": 64, "held_out_sequences": 40},
+    "curvature.ipynb": {"factor_tokens": 4096, "held_out_tokens": 2560, "audit_samples": 2},
     "reweave.ipynb": {"lengths": [16, 64], "n_prompts": 8, "fit_steps": 5, "copy_prompts": 8},
     "vim.ipynb": {"n_images": 4, "n_maps": 2},
 }

@@ -135,7 +135,7 @@ def test_binding_explorer(tmp_path):
 def test_curvature_explorer(tmp_path):
     folder = save_random_model(tmp_path / "m", "gpt2", words=list(VOCABULARY), n_positions=64)
     config = curvature.Config(
-        sweep=(0.5, 0.9), svd_sweep=(0.5, 0.9), factor_sequences=32, held_out_sequences=16
+        sweep=(0.5, 0.9), svd_sweep=(0.5, 0.9), factor_tokens=2048, held_out_tokens=1024
     )
     explorer = CurvatureExplorer(curvature.run(load_model(folder), config))
     assert set(assert_every_control_acts(explorer)) == {"edit", "keep"}
