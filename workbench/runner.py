@@ -112,6 +112,11 @@ def execute(plan: RunPlan, *, notebook: bool = True, progress: bool = True) -> P
         return _execute_notebook(plan, progress=progress)
 
 
+KERNEL_START_TIMEOUT_S = 300
+"""How long a notebook's kernel may take to start: papermill's 60 s default is too short when
+parallel runs start their kernels at once on a small machine (each imports torch)."""
+
+
 def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -140,6 +145,7 @@ def _execute_notebook(plan: RunPlan, *, progress: bool) -> Path:
                 progress_bar=progress,
                 kernel_name="python3",
                 kernel_manager_class=LocalKernelManager,
+                start_timeout=KERNEL_START_TIMEOUT_S,
             )
         except PapermillExecutionError as err:
             kept = _keep_failed_notebook(executed)
