@@ -113,6 +113,16 @@ def test_html_is_offline_and_shares_one_plotlyjs(exported: tuple[dict, dict, Pat
         assert len(text) < 200_000  # plotly.js is referenced, not inlined
 
 
+def test_plotlyjs_is_linked_not_copied_where_it_can_be(tmp_path: Path) -> None:
+    """Every result folder has its own plotly.min.js; on one filesystem they are one file."""
+    source = figures.plotlyjs_source()
+    first = figures.write_plotlyjs(tmp_path)
+    again = figures.write_plotlyjs(tmp_path)  # rewriting in place keeps working
+    assert first == again and first.read_bytes() == source.read_bytes()
+    if source.stat().st_dev == tmp_path.stat().st_dev:
+        assert first.samefile(source)
+
+
 def test_json_round_trips(exported: tuple[dict, dict, Path]) -> None:
     figs, _, folder = exported
     for name, fig in figs.items():

@@ -493,16 +493,28 @@ def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
     return wanted
 
 
+def plotlyjs_source() -> Path:
+    """The plotly.js file of the installed plotly package."""
+    return Path(pio.__file__).parent.parent / "package_data" / "plotly.min.js"
+
+
 def write_plotlyjs(folder: str | Path) -> Path:
-    """Write the installed plotly.js as ``folder/plotly.min.js`` (atomically), for offline HTML."""
+    """Write the installed plotly.js as ``folder/plotly.min.js`` (atomically), for offline HTML.
+
+    On the installed file's filesystem it is a hard link, so every result folder keeps its own
+    copy (each opens alone) while the disk holds the 4.8 MB once; elsewhere it is copied.
+    """
     folder = Path(folder)
-    source = Path(pio.__file__).parent.parent / "package_data" / "plotly.min.js"
+    source = plotlyjs_source()
     target = folder / "plotly.min.js"
     sweep_stale(folder)
     tmp = folder / sibling_name(target.name, "tmp")
     try:
         if source.is_file():
-            shutil.copyfile(source, tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:  # another filesystem, or links not allowed: a copy
+                shutil.copyfile(source, tmp)
         else:  # unusual installs: ask plotly for the text instead of guessing its layout
             from plotly.offline import get_plotlyjs
 
