@@ -17,3 +17,12 @@ def scratch_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("scratch-models")
     return {kind: save_random_model(root / kind, kind) for kind in SCRATCH_KINDS}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models run fastest on one thread, and a busy machine makes two much slower."""
+    from workbench.threads import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -16,17 +16,12 @@ from workbench.capture import hooks
 from workbench.data import recall
 from workbench.errors import ConfigError, DataError, FamilyError, SiteError
 from workbench.models import load_model
-from workbench.threads import torch_threads
 
 TEXTS = ["w1 w2 w3 w4 w5 w6 w7", "w8 w9 w10 w11 w12 w13 w14"]
 OTHER = ["w20 w21 w22 w23 w24 w25 w26", "w30 w31 w32 w33 w34 w35 w36"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models run fastest on one thread, and a busy machine makes two much slower."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

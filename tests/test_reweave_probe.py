@@ -17,7 +17,6 @@ from probes.reweave.plots import closing_note, head_view_figure
 from probes.reweave.widget import MEAN_HEAD, ReweaveExplorer
 from workbench.models import load_model
 from workbench.results import ProbeResult
-from workbench.threads import torch_threads
 
 TINY = reweave.Config(
     lengths=(16, 32),
@@ -30,11 +29,7 @@ TINY = reweave.Config(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models run fastest on one thread, and a busy machine makes two much slower."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from probes.reweave import measure
 from probes.reweave.data import prompts, recall_vocabulary
 from probes.reweave.operator import Reweaving
 from workbench.models import load_model
-from workbench.threads import torch_threads
 
 TINY = reweave.Config(
     lengths=(16, 24),
@@ -29,10 +28,7 @@ TINY = reweave.Config(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

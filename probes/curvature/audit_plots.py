@@ -6,7 +6,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from probes.curvature.audit import ATTACK_NAMES, ATTACKS
-from probes.curvature.plots import BASE_COLOUR, KFAC_COLOUR, SVD_COLOUR, _spec, _title
+from probes.curvature.plots import (
+    BASE_COLOUR,
+    KFAC_COLOUR,
+    SVD_COLOUR,
+    _spec,
+    _title,
+    add_bar_pair,
+)
 from workbench.figures import TEMPLATE
 from workbench.results import ProbeResult
 
@@ -115,22 +122,8 @@ def audit_battery_figure(result: ProbeResult) -> go.Figure:
         label, colour = STATE_STYLE[state]
         if state == "kfac":
             label = f"K-FAC ρ={m['rho']:g}"
-        for col, key in ((1, "auc"), (2, "tpr1")):
-            fig.add_trace(
-                go.Bar(
-                    x=names,
-                    y=[m[f"mia_{key}_{x}_{state}"] for x in ATTACKS],
-                    name=label,
-                    legendgroup=state,
-                    showlegend=col == 1,
-                    marker_color=colour,
-                    texttemplate="%{y:.2f}",
-                    textposition="outside",
-                    textfont={"size": 10},
-                ),
-                row=1,
-                col=col,
-            )
+        ys = [[m[f"mia_{key}_{x}_{state}"] for x in ATTACKS] for key in ("auc", "tpr1")]
+        add_bar_pair(fig, names, ys, label, colour, "%{y:.2f}")
     fig.add_hline(y=0.5, line={"dash": "dot", "color": "#888"}, row=1, col=1)
     fig.update_yaxes(range=[0, 1.12])
     fig.update_yaxes(tickformat=".0%", col=2)

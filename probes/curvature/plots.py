@@ -18,6 +18,34 @@ SVD_COLOUR = COLORWAY[1]
 TABLE_ROWS_PER_GROUP = 3
 
 
+def add_bar_pair(
+    fig: go.Figure,
+    x: list,
+    ys: list[list[float]],
+    name: str,
+    colour: str,
+    texttemplate: str,
+) -> None:
+    """One series as bars in the two panels of a 1 x 2 figure (``ys`` = left, right values),
+    named once in the legend."""
+    for col, y in enumerate(ys, start=1):
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=y,
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                marker_color=colour,
+                texttemplate=texttemplate,
+                textposition="outside",
+                textfont={"size": 10},
+            ),
+            row=1,
+            col=col,
+        )
+
+
 def _title(main: str, subtitle: str, width: int = 120) -> str:
     """A bold-enough title with a wrapped, smaller subtitle (plotly titles do not wrap)."""
     lines = textwrap.wrap(html.escape(subtitle), width)
@@ -312,22 +340,14 @@ def repetition_figure(result: ProbeResult) -> go.Figure:
     )
     for label, colour, state in _states(result):
         groups = list(state["by_group"])
-        for col, key in ((1, "strict"), (2, "loose")):
-            fig.add_trace(
-                go.Bar(
-                    x=groups,
-                    y=[state["by_group"][g][key] for g in groups],
-                    name=label,
-                    legendgroup=label,
-                    showlegend=col == 1,
-                    marker_color=colour,
-                    texttemplate="%{y:.0%}",
-                    textposition="outside",
-                    textfont={"size": 10},
-                ),
-                row=1,
-                col=col,
-            )
+        add_bar_pair(
+            fig,
+            groups,
+            [[state["by_group"][g][key] for g in groups] for key in ("strict", "loose")],
+            label,
+            colour,
+            "%{y:.0%}",
+        )
     fig.update_yaxes(range=[0, 1.12], tickformat=".0%", title_text="share of sequences", col=1)
     fig.update_yaxes(range=[0, 1.12], tickformat=".0%", col=2)
     fig.update_xaxes(title_text=_group_axis(result))
